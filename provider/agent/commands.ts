@@ -1,0 +1,172 @@
+/**
+ * Typed QGA commands (qapi/qga: qga/qapi-schema.json). Each function validates the shape of the
+ * reply; an unexpected shape is AGENT_PROTOCOL, never a silent `undefined`.
+ */
+import { QuiesceError } from "../errors";
+import type { AgentSession, ExecuteOptions } from "./session";
+
+/** A command the agent supports, from `guest-info`. */
+export interface AgentCommandInfo {
+  /** Command name, e.g. `guest-fsfreeze-freeze-list`. */
+  readonly name: string;
+  /** False when the administrator blocked it (qemu-ga `--block-rpcs`) or the agent disabled it. */
+  readonly enabled: boolean;
+}
+
+/** Result of `guest-info`. */
+export interface AgentInfo {
+  /** qemu-ga version, e.g. `7.2.0`. */
+  readonly version: string;
+  /** Every command the agent knows. */
+  readonly commands: readonly AgentCommandInfo[];
+}
+
+/** A disk backing a guest filesystem, from `guest-get-fsinfo`. */
+export interface GuestDisk {
+  /** Bus type as the agent names it: `virtio`, `scsi`, `ide`, `sata`, `nvme`, ... */
+  readonly busType: string;
+  /** Bus number. */
+  readonly bus: number;
+  /** Target number on the bus. */
+  readonly target: number;
+  /** Unit number on the target. */
+  readonly unit: number;
+  /** Guest device node, e.g. `/dev/vdb`, when the agent reports it. */
+  readonly dev?: string;
+  /** Disk serial, when the disk has one (QEMU: `-drive ...,serial=XYZ`). */
+  readonly serial?: string;
+}
+
+/** A guest filesystem, from `guest-get-fsinfo`. */
+export interface GuestFilesystem {
+  /** Guest block device name, e.g. `vdb`. */
+  readonly name: string;
+  /** Mount point in the guest, e.g. `/data`. */
+  readonly mountpoint: string;
+  /** Filesystem type, e.g. `ext4`. */
+  readonly type: string;
+  /** Size in bytes, when reported. */
+  readonly totalBytes?: number;
+  /** Used bytes, when reported. */
+  readonly usedBytes?: number;
+  /** Backing disks. */
+  readonly disks: readonly GuestDisk[];
+}
+
+/** The agent's own freeze bookkeeping. A freeze made inside the guest (`fsfreeze -f`) is not seen. */
+export type FreezeStatus = "thawed" | "frozen";
+
+/** `guest-ping`: resolves when the agent answers. */
+export async function ping(session: AgentSession, options?: ExecuteOptions): Promise<void> {
+  await session.execute("guest-ping", undefined, options);
+}
+
+/** `guest-info`: agent version and commands. */
+export async function getInfo(session: AgentSession, options?: ExecuteOptions): Promise<AgentInfo> {
+  const command = "guest-info";
+  const value = record(await session.execute(command, undefined, options), session, command);
+  const list = value.supported_commands;
+  if (typeof value.version !== "string" || !Array.isArray(list)) throw shapeError(session, command, value);
+  const commands = list.map((item: unknown) => {
+    const entry = record(item, session, command);
+    if (typeof entry.name !== "string" || typeof entry.enabled !== "boolean") throw shapeError(session, command, item);
+    return { name: entry.name, enabled: entry.enabled };
+  });
+  return { version: value.version, commands };
+}
+
+/** `guest-get-fsinfo`: the guest's mounted filesystems and their disks. Refused while frozen. */
+export async function getFsinfo(session: AgentSession, options?: ExecuteOptions): Promise<GuestFilesystem[]> {
+  const command = "guest-get-fsinfo";
+  const value = await session.execute(command, undefined, options);
+  if (!Array.isArray(value)) throw shapeError(session, command, value);
+  return value.map((item: unknown): GuestFilesystem => {
+    const fs = record(item, session, command);
+    if (typeof fs.name !== "string" || typeof fs.mountpoint !== "string" || typeof fs.type !== "string") {
+      throw shapeError(session, command, item);
+    }
+    const disks = Array.isArray(fs.disk) ? fs.disk : [];
+    return {
+      name: fs.name,
+      mountpoint: fs.mountpoint,
+      type: fs.type,
+      ...(typeof fs["total-bytes"] === "number" ? { totalBytes: fs["total-bytes"] } : {}),
+      ...(typeof fs["used-bytes"] === "number" ? { usedBytes: fs["used-bytes"] } : {}),
+      disks: disks.map((d: unknown): GuestDisk => {
+        const disk = record(d, session, command);
+        return {
+          busType: typeof disk["bus-type"] === "string" ? disk["bus-type"] : "unknown",
+          bus: typeof disk.bus === "number" ? disk.bus : 0,
+          target: typeof disk.target === "number" ? disk.target : 0,
+          unit: typeof disk.unit === "number" ? disk.unit : 0,
+          ...(typeof disk.dev === "string" ? { dev: disk.dev } : {}),
+          ...(typeof disk.serial === "string" ? { serial: disk.serial } : {}),
+        };
+      }),
+    };
+  });
+}
+
+/** `guest-fsfreeze-status`. */
+export async function fsfreezeStatus(session: AgentSession, options?: ExecuteOptions): Promise<FreezeStatus> {
+  const command = "guest-fsfreeze-status";
+  const value = await session.execute(command, undefined, options);
+  if (value !== "thawed" && value !== "frozen") throw shapeError(session, command, value);
+  return value;
+}
+
+/** `guest-fsfreeze-freeze`: freezes every freezable filesystem; returns how many it froze. */
+export async function fsfreezeFreezeAll(session: AgentSession, options?: ExecuteOptions): Promise<number> {
+  return count(session, "guest-fsfreeze-freeze", undefined, options);
+}
+
+/**
+ * `guest-fsfreeze-freeze-list`: freezes the given mount points; returns how many it froze.
+ * The agent returns 0 without error for a mount point that does not exist and for `[]`
+ * (AGENT-FACTS.md), so an empty list is refused here: it never means "all".
+ */
+export async function fsfreezeFreezeList(
+  session: AgentSession,
+  mountpoints: readonly string[],
+  options?: ExecuteOptions,
+): Promise<number> {
+  if (mountpoints.length === 0) {
+    throw new QuiesceError(
+      "INVALID_INPUT",
+      "refusing guest-fsfreeze-freeze-list with an empty list: the agent freezes nothing and returns 0. " +
+        "Use guest-fsfreeze-freeze to freeze every filesystem.",
+      { target: session.target, command: "guest-fsfreeze-freeze-list" },
+    );
+  }
+  return count(session, "guest-fsfreeze-freeze-list", { mountpoints: [...mountpoints] }, options);
+}
+
+/** `guest-fsfreeze-thaw`: thaws everything (it takes no list); returns how many it thawed (0 when thawed). */
+export async function fsfreezeThaw(session: AgentSession, options?: ExecuteOptions): Promise<number> {
+  return count(session, "guest-fsfreeze-thaw", undefined, options);
+}
+
+async function count(
+  session: AgentSession,
+  command: string,
+  args: Record<string, unknown> | undefined,
+  options: ExecuteOptions | undefined,
+): Promise<number> {
+  const value = await session.execute(command, args, options);
+  if (typeof value !== "number" || !Number.isInteger(value) || value < 0) throw shapeError(session, command, value);
+  return value;
+}
+
+function record(value: unknown, session: AgentSession, command: string): Record<string, unknown> {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) throw shapeError(session, command, value);
+  return value as Record<string, unknown>;
+}
+
+function shapeError(session: AgentSession, command: string, value: unknown): QuiesceError {
+  const text = JSON.stringify(value) ?? String(value);
+  return new QuiesceError(
+    "AGENT_PROTOCOL",
+    `${session.target}: unexpected reply shape to ${command}: ${text.length > 200 ? text.slice(0, 200) + "…" : text}`,
+    { target: session.target, command },
+  );
+}

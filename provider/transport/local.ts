@@ -1,0 +1,77 @@
+/**
+ * The `local` transport: the agent socket is a UNIX socket on this machine.
+ */
+import * as net from "node:net";
+import { QuiesceError, abortError } from "../errors";
+import type { AgentChannel, AgentDialer, OpenOptions } from "./types";
+
+/** Default time to wait for a local connect, in milliseconds (5 s). */
+export const DEFAULT_LOCAL_CONNECT_TIMEOUT_MS = 5_000;
+
+/** Opens the UNIX socket `socketPath` on this machine. Errors: SOCKET_MISSING, SOCKET_NOT_A_SOCKET, SOCKET_UNREACHABLE. */
+export const openLocalChannel: AgentDialer = (socketPath: string, options: OpenOptions = {}): Promise<AgentChannel> => {
+  const target = `local:${socketPath}`;
+  const { signal } = options;
+  if (signal?.aborted) return Promise.reject(abortError(signal, { target }));
+  return new Promise<AgentChannel>((resolve, reject) => {
+    const socket = net.createConnection({ path: socketPath });
+    const timer = setTimeout(() => {
+      fail(
+        new QuiesceError(
+          "SOCKET_UNREACHABLE",
+          `${target}: connect did not complete within ${DEFAULT_LOCAL_CONNECT_TIMEOUT_MS} ms`,
+          { target, timeoutMs: DEFAULT_LOCAL_CONNECT_TIMEOUT_MS },
+        ),
+      );
+    }, DEFAULT_LOCAL_CONNECT_TIMEOUT_MS);
+    timer.unref();
+    const onAbort = (): void => fail(abortError(signal as AbortSignal, { target }));
+    signal?.addEventListener("abort", onAbort, { once: true });
+    const cleanup = (): void => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      socket.removeListener("error", onError);
+    };
+    function fail(err: QuiesceError): void {
+      cleanup();
+      socket.destroy();
+      reject(err);
+    }
+    function onError(err: NodeJS.ErrnoException): void {
+      fail(localSocketError(target, socketPath, err));
+    }
+    socket.once("error", onError);
+    socket.once("connect", () => {
+      cleanup();
+      socket.setNoDelay?.(true);
+      resolve({ stream: socket, target });
+    });
+  });
+};
+
+function localSocketError(target: string, socketPath: string, err: NodeJS.ErrnoException): QuiesceError {
+  const fields = { target, socketPath, errno: err.code };
+  switch (err.code) {
+    case "ENOENT":
+      return new QuiesceError(
+        "SOCKET_MISSING",
+        `${target}: no agent socket at ${socketPath}. Check the path of the guest's ` +
+          "org.qemu.guest_agent.0 chardev (-chardev socket,path=...) and that the VM is running.",
+        fields,
+        { cause: err },
+      );
+    case "ECONNREFUSED":
+    case "ENOTSOCK":
+      return new QuiesceError(
+        "SOCKET_NOT_A_SOCKET",
+        `${target}: ${socketPath} exists but nothing listens on it (${err.code}). ` +
+          "Is it a stale socket of a stopped VM, or not a socket at all?",
+        fields,
+        { cause: err },
+      );
+    default:
+      return new QuiesceError("SOCKET_UNREACHABLE", `${target}: cannot connect to ${socketPath}: ${err.message}`, fields, {
+        cause: err,
+      });
+  }
+}

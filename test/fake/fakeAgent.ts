@@ -1,0 +1,358 @@
+/**
+ * A fake QEMU guest agent behind a UNIX socket, faithful to the behaviour measured on the real
+ * qemu-ga 7.2 (AGENT-FACTS.md), plus fault injection. It is trusted only because the conformance
+ * suite (test/conformance) passes against both it and the real agent in the lab.
+ *
+ * Modelled behaviour:
+ * - The chardev serves one client at a time; later clients connect but get nothing until the
+ *   current one closes.
+ * - The agent's parser and its unread output outlive connections: a reply produced while no client
+ *   is connected is delivered to the next client (stale replies).
+ * - 0xFF resets the parser and yields a "JSON parse error, stray '\uFFFD'" error reply.
+ * - freeze-list returns 0 for unknown mount points and for [] and stays thawed; thaw when thawed
+ *   returns 0; while frozen every command but ping/info/sync/sync-delimited/status/thaw is refused
+ *   with the frozen-state error.
+ */
+import * as net from "node:net";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+
+/** A filesystem the fake guest has. */
+export interface FakeFilesystem {
+  name: string;
+  mountpoint: string;
+  type: string;
+  disks: { "bus-type": string; bus: number; target: number; unit: number; dev?: string; serial?: string }[];
+}
+
+/** Fault injection knobs; change them at any time. */
+export interface FakeFaults {
+  /** Accept and read, but never answer (agent absent or hung). Commands queue until resume(). */
+  silent?: boolean;
+  /** Extra latency of freeze and freeze-list, in ms. */
+  freezeDelayMs?: number;
+  /** Fail the next freeze with this desc after freezing part of the list (the agent then thaws). */
+  freezeError?: string;
+  /** Close the client's connection when this command arrives, without answering. */
+  dieOnCommand?: string;
+  /** Bytes sent to the next client before anything else. */
+  garbage?: Buffer;
+  /** Send an endless line (no newline) to the next client instead of answering. */
+  endlessLine?: boolean;
+  /** Report this count from freeze/freeze-list instead of the real one (a lying or buggy agent). */
+  reportCount?: number;
+}
+
+/** The default layout, mirroring the lab guest (test/lab): /data with serial qdata1, /data2 with serial qdata2. */
+export function defaultFilesystems(): FakeFilesystem[] {
+  return [
+    {
+      name: "vda",
+      mountpoint: "/data",
+      type: "ext4",
+      disks: [{ "bus-type": "virtio", bus: 0, target: 0, unit: 0, dev: "/dev/vda", serial: "qdata1" }],
+    },
+    {
+      name: "vdb",
+      mountpoint: "/data2",
+      type: "ext4",
+      disks: [{ "bus-type": "virtio", bus: 0, target: 0, unit: 0, dev: "/dev/vdb", serial: "qdata2" }],
+    },
+  ];
+}
+
+const ALLOWED_WHILE_FROZEN = new Set([
+  "guest-ping",
+  "guest-info",
+  "guest-sync",
+  "guest-sync-delimited",
+  "guest-fsfreeze-status",
+  "guest-fsfreeze-thaw",
+]);
+
+const SUPPORTED = [
+  "guest-sync-delimited",
+  "guest-sync",
+  "guest-ping",
+  "guest-info",
+  "guest-get-fsinfo",
+  "guest-fsfreeze-status",
+  "guest-fsfreeze-freeze",
+  "guest-fsfreeze-freeze-list",
+  "guest-fsfreeze-thaw",
+];
+
+/** Options of {@link FakeAgent.start}. */
+export interface FakeAgentOptions {
+  socketPath?: string;
+  filesystems?: FakeFilesystem[];
+  /** Commands reported with enabled=false in guest-info (and refused), like qemu-ga --block-rpcs. */
+  blockedCommands?: string[];
+  faults?: FakeFaults;
+}
+
+/** A running fake agent. */
+export class FakeAgent {
+  readonly socketPath: string;
+  readonly filesystems: FakeFilesystem[];
+  readonly faults: FakeFaults;
+  readonly blockedCommands: Set<string>;
+  /** Every command executed, in order (for assertions). */
+  readonly log: string[] = [];
+  /** Mount points currently frozen. */
+  readonly frozen = new Set<string>();
+  private readonly server: net.Server;
+  private readonly ownDir: string | undefined;
+  private active: net.Socket | undefined;
+  private readonly waiting: net.Socket[] = [];
+  private inputBuffer = "";
+  private unread: Buffer[] = [];
+  private queued: string[] = [];
+  private working = false;
+  private garbageSent = false;
+  /** Number of client connections accepted so far. */
+  connections = 0;
+
+  private constructor(options: FakeAgentOptions, socketPath: string, ownDir: string | undefined) {
+    this.socketPath = socketPath;
+    this.ownDir = ownDir;
+    this.filesystems = options.filesystems ?? defaultFilesystems();
+    this.faults = options.faults ?? {};
+    this.blockedCommands = new Set(options.blockedCommands ?? []);
+    this.server = net.createServer((socket) => this.onConnection(socket));
+  }
+
+  /** Starts a fake agent on `options.socketPath` or a fresh temp path. */
+  static async start(options: FakeAgentOptions = {}): Promise<FakeAgent> {
+    let ownDir: string | undefined;
+    let socketPath = options.socketPath;
+    if (!socketPath) {
+      ownDir = fs.mkdtempSync(path.join(os.tmpdir(), "fake-qga-"));
+      socketPath = path.join(ownDir, "qga.sock");
+    }
+    const agent = new FakeAgent(options, socketPath, ownDir);
+    await new Promise<void>((resolve, reject) => {
+      agent.server.once("error", reject);
+      agent.server.listen(socketPath, () => {
+        agent.server.removeListener("error", reject);
+        resolve();
+      });
+    });
+    return agent;
+  }
+
+  /** The agent's own status. */
+  get status(): "thawed" | "frozen" {
+    return this.frozen.size > 0 ? "frozen" : "thawed";
+  }
+
+  /** Ends a `silent` fault: the agent answers again, processing what queued meanwhile. */
+  resume(): void {
+    this.faults.silent = false;
+    this.pump();
+  }
+
+  /** Stops the server and drops every connection. */
+  async stop(): Promise<void> {
+    for (const s of [this.active, ...this.waiting]) s?.destroy();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    if (this.ownDir) fs.rmSync(this.ownDir, { recursive: true, force: true });
+  }
+
+  private onConnection(socket: net.Socket): void {
+    socket.on("error", () => socket.destroy());
+    if (this.active) {
+      // One client at a time: the chardev does not read from later clients until the first closes.
+      socket.pause();
+      this.waiting.push(socket);
+      socket.once("close", () => {
+        const i = this.waiting.indexOf(socket);
+        if (i >= 0) this.waiting.splice(i, 1);
+      });
+      return;
+    }
+    this.activate(socket);
+  }
+
+  private activate(socket: net.Socket): void {
+    this.active = socket;
+    this.connections++;
+    socket.on("data", (chunk: Buffer) => this.onInput(chunk));
+    socket.once("close", () => {
+      if (this.active === socket) this.active = undefined;
+      const next = this.waiting.shift();
+      if (next) {
+        this.activate(next);
+        next.resume();
+      }
+    });
+    if (this.faults.garbage && !this.garbageSent) {
+      this.garbageSent = true;
+      socket.write(this.faults.garbage);
+    }
+    if (this.faults.endlessLine) {
+      this.sendEndlessLine(socket);
+      return;
+    }
+    // Replies nobody read are still in the channel (AGENT-FACTS.md: stale replies arrive).
+    for (const chunk of this.unread) socket.write(chunk);
+    this.unread = [];
+  }
+
+  private sendEndlessLine(socket: net.Socket): void {
+    const chunk = Buffer.alloc(64 * 1024, "x".charCodeAt(0));
+    const write = (): void => {
+      while (!socket.destroyed && socket.write(chunk)) {
+        /* keep writing until the kernel buffer is full */
+      }
+      if (!socket.destroyed) socket.once("drain", write);
+    };
+    write();
+  }
+
+  private onInput(chunk: Buffer): void {
+    // The agent's parser state survives connections, as in the real agent.
+    for (const byte of chunk) {
+      if (byte === 0xff) {
+        // 0xFF resets the parser and is itself reported as a parse error.
+        this.inputBuffer = "";
+        this.queued.push("\u0000stray");
+      } else if (byte === 0x0a) {
+        if (this.inputBuffer.trim() !== "") this.queued.push(this.inputBuffer);
+        this.inputBuffer = "";
+      } else {
+        this.inputBuffer += String.fromCharCode(byte);
+      }
+    }
+    this.pump();
+  }
+
+  private pump(): void {
+    if (this.working || this.faults.silent) return;
+    const line = this.queued.shift();
+    if (line === undefined) return;
+    this.working = true;
+    // Replies are produced asynchronously, as by the guest, so a client that writes and leaves
+    // at once leaves its replies unread for the next client.
+    setImmediate(() => {
+      void this.handle(line).then(() => {
+        this.working = false;
+        this.pump();
+      });
+    });
+  }
+
+  private reply(value: unknown, delimited = false): void {
+    const text = Buffer.from(JSON.stringify(value) + "\n", "utf8");
+    const bytes = delimited ? Buffer.concat([Buffer.of(0xff), text]) : text;
+    // An agent stuck sending an endless line never gets to its replies.
+    if (this.faults.endlessLine) return;
+    if (this.active && !this.active.destroyed) this.active.write(bytes);
+    else this.unread.push(bytes);
+  }
+
+  private error(cls: string, desc: string): void {
+    this.reply({ error: { class: cls, desc } });
+  }
+
+  private async handle(line: string): Promise<void> {
+    if (line === "\u0000stray") {
+      this.error("GenericError", "JSON parse error, stray '\uFFFD'");
+      return;
+    }
+    let request: { execute?: unknown; arguments?: Record<string, unknown> };
+    try {
+      request = JSON.parse(line) as typeof request;
+    } catch (err) {
+      this.error("GenericError", `JSON parse error, ${(err as Error).message}`);
+      return;
+    }
+    const command = typeof request.execute === "string" ? request.execute : "";
+    const args = request.arguments ?? {};
+    this.log.push(command);
+    if (this.faults.dieOnCommand === command) {
+      this.active?.destroy();
+      return;
+    }
+    if (!SUPPORTED.includes(command)) {
+      this.error("CommandNotFound", `The command ${command} has not been found`);
+      return;
+    }
+    if (this.blockedCommands.has(command)) {
+      this.error("CommandNotFound", `The command ${command} has been disabled for this instance`);
+      return;
+    }
+    if (this.frozen.size > 0 && !ALLOWED_WHILE_FROZEN.has(command)) {
+      this.error("CommandNotFound", `Command ${command} has been disabled: the agent is in frozen state`);
+      return;
+    }
+    switch (command) {
+      case "guest-sync-delimited":
+        this.reply({ return: args.id }, true);
+        return;
+      case "guest-sync":
+        this.reply({ return: args.id });
+        return;
+      case "guest-ping":
+        this.reply({ return: {} });
+        return;
+      case "guest-info":
+        this.reply({
+          return: {
+            version: "7.2.0-fake",
+            supported_commands: SUPPORTED.map((name) => ({
+              name,
+              enabled: !this.blockedCommands.has(name),
+              "success-response": true,
+            })),
+          },
+        });
+        return;
+      case "guest-get-fsinfo":
+        this.reply({
+          return: this.filesystems.map(({ disks, ...rest }) => ({
+            ...rest,
+            "total-bytes": 60_000_000,
+            "used-bytes": 1_000_000,
+            disk: disks,
+          })),
+        });
+        return;
+      case "guest-fsfreeze-status":
+        this.reply({ return: this.status });
+        return;
+      case "guest-fsfreeze-freeze":
+      case "guest-fsfreeze-freeze-list": {
+        if (this.faults.freezeDelayMs) await delay(this.faults.freezeDelayMs);
+        const wanted =
+          command === "guest-fsfreeze-freeze"
+            ? this.filesystems.map((f) => f.mountpoint)
+            : Array.isArray(args.mountpoints)
+              ? this.filesystems.map((f) => f.mountpoint).filter((m) => (args.mountpoints as unknown[]).includes(m))
+              : this.filesystems.map((f) => f.mountpoint);
+        if (this.faults.freezeError) {
+          const desc = this.faults.freezeError;
+          this.faults.freezeError = undefined;
+          // qemu-ga thaws what it froze before reporting a failed freeze.
+          this.frozen.clear();
+          this.error("GenericError", desc);
+          return;
+        }
+        for (const m of wanted) this.frozen.add(m);
+        this.reply({ return: this.faults.reportCount ?? wanted.length });
+        return;
+      }
+      case "guest-fsfreeze-thaw": {
+        const n = this.frozen.size;
+        this.frozen.clear();
+        this.reply({ return: n });
+        return;
+      }
+    }
+  }
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
