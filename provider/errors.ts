@@ -14,7 +14,7 @@
  *              SSH_CONNECTION_LOST, SSH_BASTION_FAILED, SSH_CONNECT_FAILED, SOCKET_MISSING,
  *              SOCKET_NOT_A_SOCKET, STREAMLOCAL_REFUSED, SOCKET_UNREACHABLE
  * - lifecycle: INVALID_INPUT, UNKNOWN_MOUNTPOINT, UNKNOWN_DISK, ALREADY_FROZEN, FREEZE_MISMATCH,
- *              NOT_HELD, NOT_OWNER, LEASE_EXPIRED, WATCHDOG_UNAVAILABLE
+ *              NOT_HELD, NOT_OWNER, LEASE_EXPIRED, WATCHDOG_UNAVAILABLE, LEASE_IO
  * - any:       ABORTED
  */
 export type QuiesceErrorCode =
@@ -50,6 +50,7 @@ export type QuiesceErrorCode =
   | "NOT_OWNER"
   | "LEASE_EXPIRED"
   | "WATCHDOG_UNAVAILABLE"
+  | "LEASE_IO"
   | "ABORTED";
 
 /** Structured context of an error. Every field is optional; layers add what they know. */

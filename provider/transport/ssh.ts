@@ -12,7 +12,7 @@
  */
 import { createHash } from "node:crypto";
 import type { Duplex } from "node:stream";
-import { Client, utils, type AuthenticationType, type ClientChannel, type ConnectConfig, type ParsedKey } from "ssh2";
+import { Client, utils, type AuthenticationType, type ClientChannel, type ConnectConfig, type ParsedKey, type SFTPWrapper } from "ssh2";
 import { QuiesceError, abortError, isQuiesceError } from "../errors";
 import { createHostVerifier, type HostKeyVerifier } from "./hostKey";
 import type { AgentChannel, OpenOptions } from "./types";
@@ -176,6 +176,8 @@ const RETRYABLE = new Set(["SSH_CONNECTION_REFUSED", "SSH_CONNECT_TIMEOUT", "SSH
 class PooledConnection {
   readonly channels = new Set<Duplex>();
   private idleTimer: NodeJS.Timeout | undefined;
+  /** One SFTP session per connection, opened on first use (it costs one session channel). */
+  sftp: Promise<SFTPWrapper> | undefined;
   private lostReason: QuiesceError | undefined;
   closed = false;
 
@@ -292,6 +294,26 @@ export class SshPool {
   async exec(config: SshConnectionConfig, command: string, options: ExecOptions = {}): Promise<ExecResult> {
     const connection = await this.connection(config, options.signal);
     return this.execOn(connection, command, options);
+  }
+
+  /**
+   * The connection's SFTP session (one per pooled connection, opened once): lease files are read and
+   * written through it, so a window costs no exec on the hot path.
+   */
+  async sftp(config: SshConnectionConfig, options: OpenOptions = {}): Promise<SFTPWrapper> {
+    const connection = await this.connection(config, options.signal);
+    if (!connection.sftp) {
+      const label = connection.label;
+      connection.sftp = new Promise<SFTPWrapper>((resolve, reject) =>
+        connection.client.sftp((err, sftp) => {
+          if (err) {
+            connection.sftp = undefined;
+            reject(new QuiesceError("SSH_CONNECT_FAILED", `${label}: cannot open an SFTP session: ${err.message}. Is the sftp subsystem enabled in sshd_config?`, { target: label }, { cause: err }));
+          } else resolve(sftp);
+        }),
+      );
+    }
+    return connection.sftp;
   }
 
   /** Closes every connection now. Open channels fail with SSH_CONNECTION_LOST. */

@@ -1,0 +1,426 @@
+/**
+ * The quiesce lifecycle, independent of Pulumi (DESIGN.md, "Lifecycle rules"):
+ * create = sync/ping/info → status must be thawed → fsinfo + plan → freeze → verify → lease;
+ * release = thaw only if the lease is this window's; status = the truth from the agent and the lease.
+ *
+ * A failed create leaves the guest thawed: any failure after the freeze thaws first, then fails.
+ * A window never thaws a freeze it does not own.
+ */
+import { randomBytes } from "node:crypto";
+import { QuiesceError, isQuiesceError } from "../errors";
+import { AgentSession } from "../agent/session";
+import {
+  fsfreezeFreezeAll,
+  fsfreezeFreezeList,
+  fsfreezeStatus,
+  fsfreezeThaw,
+  getFsinfo,
+  getInfo,
+  ping,
+  type FreezeStatus,
+  type GuestFilesystem,
+} from "../agent/commands";
+import { dialerFor } from "../transport/index";
+import { defaultSshPool, type SshConnectionConfig, type SshPool } from "../transport/ssh";
+import { DEFAULT_LEASE_DIR, LocalLeaseStore, SftpLeaseStore, type LeaseRecord, type LeaseStore } from "./lease";
+import { planFreeze, type Selection } from "./plan";
+
+/** Where the guest agent is. */
+export interface AgentTarget {
+  /** SSH connection to the host holding the socket; omitted: the socket is on this machine. */
+  readonly connection?: SshConnectionConfig;
+  /** Absolute path of the agent's chardev socket on that host. */
+  readonly socketPath: string;
+  /** Lease directory on that host. Default {@link DEFAULT_LEASE_DIR}. */
+  readonly leaseDir?: string;
+}
+
+/** Timeouts of agent operations, in seconds. */
+export interface Timeouts {
+  /** Sync handshake and ordinary commands (ping, info, status, fsinfo). Default 10 s. */
+  readonly agentSeconds?: number;
+  /** The freeze command (the guest flushes dirty data first: can take long under write load). Default 30 s. */
+  readonly freezeSeconds?: number;
+  /** The thaw command. Default 30 s. */
+  readonly thawSeconds?: number;
+}
+
+/** Defaults of {@link Timeouts}, in seconds. */
+export const DEFAULT_TIMEOUTS: Required<Timeouts> = { agentSeconds: 10, freezeSeconds: 30, thawSeconds: 30 };
+/** Default lease length, in seconds (5 minutes). */
+export const DEFAULT_MAX_DURATION_SECONDS = 300;
+
+/** Injectable dependencies (tests, the CLI and benchmarks use their own pool or lease store). */
+export interface LifecycleDeps {
+  /** SSH pool. Default the process-wide pool. */
+  readonly pool?: SshPool;
+  /** Lease store. Default: SFTP on the SSH host, or the local lease directory. */
+  readonly leaseStore?: LeaseStore;
+  /** Clock, for tests. Default `Date.now`. */
+  readonly now?: () => number;
+}
+
+/** What to freeze and for how long. */
+export interface CreateWindowRequest extends Selection {
+  readonly target: AgentTarget;
+  /** Lease length in seconds: the guest is thawed by then whatever happens. Default 300. */
+  readonly maxDurationSeconds?: number;
+  /** Recorded in the lease: who holds the window. Default `pulumi-quiesce`. */
+  readonly owner?: string;
+  readonly timeouts?: Timeouts;
+  readonly signal?: AbortSignal;
+}
+
+/** A held window. Times are ISO 8601 UTC. */
+export interface WindowInfo {
+  readonly windowId: string;
+  readonly owner: string;
+  /** Mount points frozen, sorted. */
+  readonly frozenMountpoints: readonly string[];
+  /** The count the agent returned (equals `frozenMountpoints.length`, verified). */
+  readonly frozenCount: number;
+  readonly frozenAt: string;
+  readonly expiresAt: string;
+  /** qemu-ga version. */
+  readonly agentVersion: string;
+  /** The guest's filesystems as seen before the freeze. */
+  readonly filesystems: readonly GuestFilesystem[];
+  /** Milliseconds the freeze command took. */
+  readonly freezeMs: number;
+}
+
+/** How a window stands, from the agent's status and the lease. */
+export type WindowState =
+  /** The lease is this window's, before its deadline, and the agent says frozen. */
+  | "held"
+  /** The lease is this window's but its deadline has passed. */
+  | "expired"
+  /** The lease is this window's but the agent says thawed (thawed by someone else, or the guest rebooted). */
+  | "thawed-outside"
+  /** Another window's lease holds the guest. */
+  | "other-window"
+  /** Frozen, and no lease: a freeze made outside pulumi-quiesce. */
+  | "frozen-outside"
+  /** Thawed and no lease of this window: nothing held. */
+  | "not-held";
+
+/** The truth about a guest and (optionally) one window. */
+export interface StatusReport {
+  readonly agentStatus: FreezeStatus;
+  readonly lease: LeaseRecord | undefined;
+  /** State relative to `windowId` (when given; else relative to the lease's own window). */
+  readonly state: WindowState;
+}
+
+/** Result of a release. */
+export interface ReleaseResult {
+  /** `released`: this call thawed the window; otherwise it touched nothing (see {@link WindowState}). */
+  readonly outcome: "released" | Exclude<WindowState, "held">;
+  /** How long the freeze was held, in ms (when the lease was this window's). */
+  readonly heldMs?: number;
+  /** Filesystems thawed by this call. */
+  readonly thawedCount: number;
+  /** The lease found, if any. */
+  readonly lease?: LeaseRecord;
+  readonly agentStatus: FreezeStatus;
+}
+
+function resolved(t?: Timeouts): Required<Timeouts> {
+  return { ...DEFAULT_TIMEOUTS, ...Object.fromEntries(Object.entries(t ?? {}).filter(([, v]) => v !== undefined)) };
+}
+
+/** Label of a target for messages. */
+export function targetLabel(target: AgentTarget): string {
+  const c = target.connection;
+  return c ? `${c.user ?? "root"}@${c.host}:${c.port ?? 22}:${target.socketPath}` : `local:${target.socketPath}`;
+}
+
+/** The lease store for a target. */
+export function leaseStoreFor(target: AgentTarget, pool: SshPool = defaultSshPool): LeaseStore {
+  const dir = target.leaseDir ?? DEFAULT_LEASE_DIR;
+  return target.connection ? new SftpLeaseStore(pool, target.connection, dir) : new LocalLeaseStore(dir);
+}
+
+/** Opens a synced agent session to the target. Close it as soon as possible: the chardev serves one client. */
+export async function openSession(
+  target: AgentTarget,
+  timeouts: Timeouts | undefined,
+  deps: LifecycleDeps = {},
+  signal?: AbortSignal,
+): Promise<AgentSession> {
+  const t = resolved(timeouts);
+  const channel = await dialerFor(target.connection, deps.pool ?? defaultSshPool)(target.socketPath, { signal });
+  return AgentSession.open(channel.stream, {
+    target: channel.target,
+    syncTimeoutMs: t.agentSeconds * 1000,
+    commandTimeoutMs: t.agentSeconds * 1000,
+    signal,
+  });
+}
+
+async function withSession<T>(
+  target: AgentTarget,
+  timeouts: Timeouts | undefined,
+  deps: LifecycleDeps,
+  signal: AbortSignal | undefined,
+  fn: (session: AgentSession) => Promise<T>,
+): Promise<T> {
+  const session = await openSession(target, timeouts, deps, signal);
+  try {
+    return await fn(session);
+  } finally {
+    session.close();
+  }
+}
+
+/** The guest's filesystems (guest-get-fsinfo). Fails with AGENT_FROZEN while frozen. */
+export function listFilesystems(target: AgentTarget, options: { timeouts?: Timeouts; signal?: AbortSignal } = {}, deps: LifecycleDeps = {}): Promise<GuestFilesystem[]> {
+  return withSession(target, options.timeouts, deps, options.signal, (s) => getFsinfo(s, { signal: options.signal }));
+}
+
+function classify(lease: LeaseRecord | undefined, agentStatus: FreezeStatus, windowId: string | undefined, now: number): WindowState {
+  const mine = lease !== undefined && (windowId === undefined || lease.windowId === windowId);
+  if (mine && lease) {
+    if (agentStatus === "thawed") return "thawed-outside";
+    return Date.parse(lease.expiresAt) < now ? "expired" : "held";
+  }
+  if (lease) return "other-window";
+  return agentStatus === "frozen" ? "frozen-outside" : "not-held";
+}
+
+/** Reports the agent's status and the lease; `windowId` says whose point of view `state` takes. */
+export async function windowStatus(
+  target: AgentTarget,
+  options: { windowId?: string; timeouts?: Timeouts; signal?: AbortSignal } = {},
+  deps: LifecycleDeps = {},
+): Promise<StatusReport> {
+  const store = deps.leaseStore ?? leaseStoreFor(target, deps.pool);
+  const now = (deps.now ?? Date.now)();
+  return withSession(target, options.timeouts, deps, options.signal, async (session) => {
+    const agentStatus = await fsfreezeStatus(session, { signal: options.signal });
+    const lease = await store.read(target.socketPath);
+    return { agentStatus, lease, state: classify(lease, agentStatus, options.windowId, now) };
+  });
+}
+
+function alreadyFrozen(label: string, lease: LeaseRecord | undefined): QuiesceError {
+  if (lease) {
+    return new QuiesceError(
+      "ALREADY_FROZEN",
+      `${label}: the guest is already frozen by window ${lease.windowId} of ${lease.owner} (frozen at ${lease.frozenAt}, ` +
+        `lease until ${lease.expiresAt}). Freezes do not nest: wait for that window to be released, or release it ` +
+        `(quiesce thaw --window ${lease.windowId}). Nothing was changed.`,
+      { target: label, ownerWindowId: lease.windowId, owner: lease.owner, expiresAt: lease.expiresAt },
+    );
+  }
+  return new QuiesceError(
+    "ALREADY_FROZEN",
+    `${label}: the guest is already frozen, by a freeze made outside pulumi-quiesce (no lease). Nothing was changed. ` +
+      "Find who froze it (virsh domfsfreeze, another tool); `quiesce thaw --force` thaws it if you are sure.",
+    { target: label },
+  );
+}
+
+/**
+ * Freezes the selection and records the lease. On any failure after the freeze, thaws first, then fails.
+ * @throws QuiesceError ALREADY_FROZEN, UNKNOWN_MOUNTPOINT, UNKNOWN_DISK, AGENT_FSFREEZE_DISABLED, FREEZE_MISMATCH,
+ *   AGENT_* and transport errors.
+ */
+export async function createWindow(request: CreateWindowRequest, deps: LifecycleDeps = {}): Promise<WindowInfo> {
+  const { target, signal } = request;
+  const t = resolved(request.timeouts);
+  const label = targetLabel(target);
+  const now = deps.now ?? Date.now;
+  const store = deps.leaseStore ?? leaseStoreFor(target, deps.pool);
+  const maxDurationSeconds = request.maxDurationSeconds ?? DEFAULT_MAX_DURATION_SECONDS;
+  const windowId = `qw-${randomBytes(8).toString("hex")}`;
+  const owner = request.owner ?? "pulumi-quiesce";
+
+  return withSession(target, request.timeouts, deps, signal, async (session) => {
+    // 1. The agent answers and fsfreeze is enabled (an administrator can block commands).
+    await ping(session, { signal });
+    const info = await getInfo(session, { signal });
+    const needed = ["guest-fsfreeze-status", "guest-fsfreeze-thaw", "guest-get-fsinfo", "guest-fsfreeze-freeze-list", "guest-fsfreeze-freeze"];
+    const disabled = needed.filter((name) => !info.commands.some((c) => c.name === name && c.enabled));
+    if (disabled.length > 0) {
+      throw new QuiesceError(
+        "AGENT_FSFREEZE_DISABLED",
+        `${label}: the guest agent (qemu-ga ${info.version}) does not offer ${disabled.join(", ")}. Enable them in the ` +
+          "guest (qemu-ga --block-rpcs / --allow-rpcs, or /etc/qemu/qemu-ga.conf).",
+        { target: label, disabled },
+      );
+    }
+    // 2. Status must be thawed. Holding the channel keeps every other client out until we close it.
+    if ((await fsfreezeStatus(session, { signal })) === "frozen") throw alreadyFrozen(label, await store.read(target.socketPath));
+    // 3. Resolve the selection before freezing: fsinfo is refused once frozen.
+    const filesystems = await getFsinfo(session, { signal });
+    const plan = planFreeze(request, filesystems, label);
+    if (plan.mountpoints.length === 0) {
+      throw new QuiesceError("UNKNOWN_MOUNTPOINT", `${label}: the guest agent reports no filesystems to freeze. Nothing was frozen.`, { target: label });
+    }
+    // 4. Freeze. From here on, every failure thaws before it is reported.
+    const frozenAtMs = now();
+    let count: number;
+    try {
+      const options = { signal, timeoutMs: t.freezeSeconds * 1000 };
+      count = plan.all ? await fsfreezeFreezeAll(session, options) : await fsfreezeFreezeList(session, plan.mountpoints, options);
+    } catch (err) {
+      throw await thawAfterFailure(target, session, request.timeouts, deps, err, "the freeze command failed");
+    }
+    const freezeMs = now() - frozenAtMs;
+    try {
+      // 5. Verify: the count must match the selection and the agent must say frozen.
+      const status = await fsfreezeStatus(session, { signal });
+      if (count !== plan.mountpoints.length || status !== "frozen") {
+        throw new QuiesceError(
+          "FREEZE_MISMATCH",
+          `${label}: asked to freeze ${plan.mountpoints.length} filesystem(s) (${plan.mountpoints.join(", ")}) but the agent ` +
+            `froze ${count} and reports "${status}". The guest was thawed. Check the guest's mounts and the agent's log.`,
+          { target: label, expected: plan.mountpoints.length, got: count, status },
+        );
+      }
+      // 6. Lease.
+      const lease: LeaseRecord = {
+        version: 1,
+        windowId,
+        owner,
+        socketPath: target.socketPath,
+        mountpoints: plan.all ? [] : plan.mountpoints,
+        frozenAt: new Date(frozenAtMs).toISOString(),
+        expiresAt: new Date(frozenAtMs + maxDurationSeconds * 1000).toISOString(),
+      };
+      await store.write(lease);
+      return {
+        windowId,
+        owner,
+        frozenMountpoints: plan.mountpoints,
+        frozenCount: count,
+        frozenAt: lease.frozenAt,
+        expiresAt: lease.expiresAt,
+        agentVersion: info.version,
+        filesystems,
+        freezeMs,
+      };
+    } catch (err) {
+      throw await thawAfterFailure(target, session, request.timeouts, deps, err, "verifying or recording the freeze failed");
+    }
+  });
+}
+
+/**
+ * Thaws after a failed create and returns the error to throw: the original one when the thaw worked,
+ * or one that says loudly that the guest may still be frozen.
+ */
+async function thawAfterFailure(
+  target: AgentTarget,
+  session: AgentSession,
+  timeouts: Timeouts | undefined,
+  deps: LifecycleDeps,
+  cause: unknown,
+  what: string,
+): Promise<unknown> {
+  const t = resolved(timeouts);
+  const label = targetLabel(target);
+  // No abort signal here: the thaw must run even when the caller gave up.
+  const thaw = async (s: AgentSession): Promise<FreezeStatus> => {
+    await fsfreezeThaw(s, { timeoutMs: t.thawSeconds * 1000 });
+    return fsfreezeStatus(s);
+  };
+  try {
+    let status: FreezeStatus;
+    if (session.state !== "closed") status = await thaw(session);
+    else {
+      const fresh = await openSession(target, timeouts, deps);
+      try {
+        status = await thaw(fresh);
+      } finally {
+        fresh.close();
+      }
+    }
+    if (status === "thawed") return cause;
+    return new QuiesceError(
+      "FREEZE_MISMATCH",
+      `${label}: ${what}, and after a thaw the agent still reports "${status}". THE GUEST MAY BE FROZEN: run \`quiesce status\`.`,
+      { target: label },
+      { cause },
+    );
+  } catch (thawErr) {
+    return new QuiesceError(
+      isQuiesceError(cause) ? cause.code : "FREEZE_MISMATCH",
+      `${label}: ${what} (${(cause as Error).message}), and the thaw that followed failed too (${(thawErr as Error).message}). ` +
+        "THE GUEST MAY BE FROZEN: run `quiesce status` and `quiesce thaw --force` once the agent answers.",
+      { target: label, thawError: (thawErr as Error).message },
+      { cause: new AggregateError([cause, thawErr], "freeze failure, then thaw failure") },
+    );
+  }
+}
+
+/** Options of {@link releaseWindow}. */
+export interface ReleaseRequest {
+  readonly target: AgentTarget;
+  /** The window to release. */
+  readonly windowId: string;
+  readonly timeouts?: Timeouts;
+  readonly signal?: AbortSignal;
+}
+
+/**
+ * Thaws the guest if, and only if, the lease names `windowId` (an expired lease of this window is still
+ * this window's, and is thawed). Otherwise touches nothing and says why. Verifies `thawed` afterwards.
+ */
+export async function releaseWindow(request: ReleaseRequest, deps: LifecycleDeps = {}): Promise<ReleaseResult> {
+  const { target, windowId } = request;
+  const t = resolved(request.timeouts);
+  const label = targetLabel(target);
+  const now = deps.now ?? Date.now;
+  const store = deps.leaseStore ?? leaseStoreFor(target, deps.pool);
+  return withSession(target, request.timeouts, deps, request.signal, async (session) => {
+    const agentStatus = await fsfreezeStatus(session);
+    const lease = await store.read(target.socketPath);
+    const state = classify(lease, agentStatus, windowId, now());
+    if (lease?.windowId !== windowId) return { outcome: state as ReleaseResult["outcome"], thawedCount: 0, lease, agentStatus };
+    const heldMs = now() - Date.parse(lease.frozenAt);
+    let thawedCount = 0;
+    if (agentStatus === "frozen") {
+      thawedCount = await fsfreezeThaw(session, { timeoutMs: t.thawSeconds * 1000 });
+      const after = await fsfreezeStatus(session);
+      if (after !== "thawed") {
+        throw new QuiesceError(
+          "FREEZE_MISMATCH",
+          `${label}: thawed window ${windowId} but the agent still reports "${after}". THE GUEST MAY BE FROZEN.`,
+          { target: label, windowId },
+        );
+      }
+    }
+    await store.remove(target.socketPath);
+    return {
+      outcome: state === "held" ? "released" : (state as ReleaseResult["outcome"]),
+      heldMs,
+      thawedCount,
+      lease,
+      agentStatus: "thawed",
+    };
+  });
+}
+
+/**
+ * Break-glass thaw of whatever freeze the guest has, owned or not, and removal of any lease.
+ * Only for an operator who knows why (`quiesce thaw --force`).
+ */
+export async function forceThaw(
+  target: AgentTarget,
+  options: { timeouts?: Timeouts; signal?: AbortSignal } = {},
+  deps: LifecycleDeps = {},
+): Promise<{ thawedCount: number; lease: LeaseRecord | undefined }> {
+  const t = resolved(options.timeouts);
+  const store = deps.leaseStore ?? leaseStoreFor(target, deps.pool);
+  return withSession(target, options.timeouts, deps, options.signal, async (session) => {
+    const lease = await store.read(target.socketPath);
+    const thawedCount = await fsfreezeThaw(session, { timeoutMs: t.thawSeconds * 1000 });
+    if ((await fsfreezeStatus(session)) !== "thawed") {
+      throw new QuiesceError("FREEZE_MISMATCH", `${targetLabel(target)}: thaw did not thaw the guest`, { target: targetLabel(target) });
+    }
+    await store.remove(target.socketPath);
+    return { thawedCount, lease };
+  });
+}

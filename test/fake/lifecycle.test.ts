@@ -1,0 +1,163 @@
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { createWindow, releaseWindow, windowStatus, type AgentTarget } from "../../provider/quiesce/lifecycle";
+import { LocalLeaseStore } from "../../provider/quiesce/lease";
+import { isQuiesceError, QuiesceError } from "../../provider/errors";
+import { FakeAgent } from "./fakeAgent";
+
+let agent: FakeAgent;
+let leaseDir: string;
+let target: AgentTarget;
+
+beforeEach(async () => {
+  agent = await FakeAgent.start();
+  leaseDir = fs.mkdtempSync(path.join(os.tmpdir(), "leases-"));
+  target = { socketPath: agent.socketPath, leaseDir };
+});
+afterEach(async () => {
+  await agent.stop();
+  fs.rmSync(leaseDir, { recursive: true, force: true });
+});
+
+async function failure(p: Promise<unknown>): Promise<QuiesceError> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  if (!isQuiesceError(err)) throw new Error(`expected a QuiesceError, got ${String(err)}`);
+  return err;
+}
+
+const freezeCommands = (): string[] => agent.log.filter((c) => c.startsWith("guest-fsfreeze-freeze"));
+
+test("create freezes the selection with freeze-list, verifies, and records the lease", async () => {
+  const w = await createWindow({ target, mountpoints: ["/data"], owner: "test/one", maxDurationSeconds: 60 });
+  expect(w).toMatchObject({ frozenMountpoints: ["/data"], frozenCount: 1, owner: "test/one", agentVersion: "7.2.0-fake" });
+  expect(Date.parse(w.expiresAt) - Date.parse(w.frozenAt)).toBe(60_000);
+  expect(freezeCommands()).toEqual(["guest-fsfreeze-freeze-list"]);
+  expect([...agent.frozen]).toEqual(["/data"]);
+  const lease = await new LocalLeaseStore(leaseDir).read(agent.socketPath);
+  expect(lease).toMatchObject({ windowId: w.windowId, owner: "test/one", mountpoints: ["/data"] });
+  expect((await windowStatus(target, { windowId: w.windowId })).state).toBe("held");
+});
+
+test("no selection freezes everything with freeze-all", async () => {
+  const w = await createWindow({ target });
+  expect(freezeCommands()).toEqual(["guest-fsfreeze-freeze"]);
+  expect(w.frozenMountpoints).toEqual(["/data", "/data2"]);
+});
+
+test("disks select by serial, device or bus target", async () => {
+  const w = await createWindow({ target, disks: ["qdata2"] });
+  expect(w.frozenMountpoints).toEqual(["/data2"]);
+  await releaseWindow({ target, windowId: w.windowId });
+  const w2 = await createWindow({ target, disks: ["/dev/vda"] });
+  expect(w2.frozenMountpoints).toEqual(["/data"]);
+});
+
+test("an unknown mount point fails before anything is frozen and lists what the guest has", async () => {
+  const err = await failure(createWindow({ target, mountpoints: ["/data", "/nope"] }));
+  expect(err.code).toBe("UNKNOWN_MOUNTPOINT");
+  expect(err.message).toContain("/nope");
+  expect(err.message).toContain("/data2 (ext4");
+  expect(freezeCommands()).toEqual([]);
+  expect(agent.status).toBe("thawed");
+});
+
+test("an unknown disk fails before anything is frozen", async () => {
+  const err = await failure(createWindow({ target, disks: ["no-such-serial"] }));
+  expect(err.code).toBe("UNKNOWN_DISK");
+  expect(err.message).toContain("serial=qdata1");
+  expect(freezeCommands()).toEqual([]);
+});
+
+test("a guest frozen by another window: create fails naming the owner, and the other freeze stays", async () => {
+  const first = await createWindow({ target, mountpoints: ["/data"], owner: "proj/stack/first" });
+  const err = await failure(createWindow({ target, mountpoints: ["/data2"], owner: "proj/stack/second" }));
+  expect(err.code).toBe("ALREADY_FROZEN");
+  expect(err.message).toContain(first.windowId);
+  expect(err.message).toContain("proj/stack/first");
+  expect(agent.status).toBe("frozen");
+  expect(agent.log).not.toContain("guest-fsfreeze-thaw");
+});
+
+test("a guest frozen outside pulumi-quiesce: create fails and says so, touching nothing", async () => {
+  agent.frozen.add("/data");
+  const err = await failure(createWindow({ target, mountpoints: ["/data2"] }));
+  expect(err.code).toBe("ALREADY_FROZEN");
+  expect(err.message).toMatch(/outside pulumi-quiesce/);
+  expect(agent.log).not.toContain("guest-fsfreeze-thaw");
+  expect(agent.status).toBe("frozen");
+});
+
+test("a count mismatch thaws, then fails", async () => {
+  agent.faults.reportCount = 0;
+  const err = await failure(createWindow({ target, mountpoints: ["/data"] }));
+  expect(err.code).toBe("FREEZE_MISMATCH");
+  expect(agent.status).toBe("thawed");
+  expect(agent.log.slice(-2)).toEqual(["guest-fsfreeze-thaw", "guest-fsfreeze-status"]);
+  expect(await new LocalLeaseStore(leaseDir).read(agent.socketPath)).toBeUndefined();
+});
+
+test("an error in the middle of the freeze leaves the guest thawed", async () => {
+  agent.faults.freezeError = "failed to freeze /data2: Device or resource busy";
+  const err = await failure(createWindow({ target, mountpoints: ["/data", "/data2"] }));
+  expect(err.code).toBe("AGENT_COMMAND_FAILED");
+  expect(err.fields.desc).toContain("Device or resource busy");
+  expect(agent.status).toBe("thawed");
+});
+
+test("an agent that does not answer fails within the configured timeout, nothing frozen", async () => {
+  agent.faults.silent = true;
+  const err = await failure(createWindow({ target, mountpoints: ["/data"], timeouts: { agentSeconds: 0.3 } }));
+  expect(err.code).toBe("AGENT_TIMEOUT");
+  expect(err.fields.timeoutMs).toBe(300);
+  agent.resume();
+  expect(agent.status).toBe("thawed");
+});
+
+test("fsfreeze blocked by the administrator fails clearly", async () => {
+  await agent.stop();
+  agent = await FakeAgent.start({ blockedCommands: ["guest-fsfreeze-freeze-list"] });
+  target = { socketPath: agent.socketPath, leaseDir };
+  const err = await failure(createWindow({ target, mountpoints: ["/data"] }));
+  expect(err.code).toBe("AGENT_FSFREEZE_DISABLED");
+  expect(err.message).toContain("guest-fsfreeze-freeze-list");
+});
+
+test("release thaws an owned window, verifies, and removes the lease", async () => {
+  const w = await createWindow({ target, mountpoints: ["/data"] });
+  const r = await releaseWindow({ target, windowId: w.windowId });
+  expect(r).toMatchObject({ outcome: "released", thawedCount: 1, agentStatus: "thawed" });
+  expect(r.heldMs).toBeGreaterThanOrEqual(0);
+  expect(agent.status).toBe("thawed");
+  expect(await new LocalLeaseStore(leaseDir).read(agent.socketPath)).toBeUndefined();
+  // Releasing again touches nothing.
+  const again = await releaseWindow({ target, windowId: w.windowId });
+  expect(again).toMatchObject({ outcome: "not-held", thawedCount: 0 });
+});
+
+test("release of a window whose lease belongs to another does not thaw", async () => {
+  await createWindow({ target, mountpoints: ["/data"] });
+  const r = await releaseWindow({ target, windowId: "qw-someone-else" });
+  expect(r.outcome).toBe("other-window");
+  expect(agent.status).toBe("frozen");
+  expect(agent.log).not.toContain("guest-fsfreeze-thaw");
+});
+
+test("release after the guest was thawed outside reports it and clears the lease", async () => {
+  const w = await createWindow({ target, mountpoints: ["/data"] });
+  agent.frozen.clear();
+  const r = await releaseWindow({ target, windowId: w.windowId });
+  expect(r.outcome).toBe("thawed-outside");
+  expect(await new LocalLeaseStore(leaseDir).read(agent.socketPath)).toBeUndefined();
+});
+
+test("release after the deadline still thaws this window's freeze, and reports it expired", async () => {
+  const w = await createWindow({ target, mountpoints: ["/data"], maxDurationSeconds: 1 });
+  const later = Date.parse(w.expiresAt) + 5_000;
+  const r = await releaseWindow({ target, windowId: w.windowId }, { now: () => later });
+  expect(r.outcome).toBe("expired");
+  expect(agent.status).toBe("thawed");
+});
