@@ -14,7 +14,7 @@
  *              SSH_CONNECTION_LOST, SSH_BASTION_FAILED, SSH_CONNECT_FAILED, SOCKET_MISSING,
  *              SOCKET_NOT_A_SOCKET, STREAMLOCAL_REFUSED, SOCKET_UNREACHABLE
  * - lifecycle: INVALID_INPUT, UNKNOWN_MOUNTPOINT, UNKNOWN_DISK, ALREADY_FROZEN, FREEZE_MISMATCH,
- *              NOT_HELD, NOT_OWNER, LEASE_EXPIRED, WATCHDOG_UNAVAILABLE, LEASE_IO
+ *              NOT_HELD, NOT_OWNER, LEASE_EXPIRED, WATCHDOG_UNAVAILABLE, LEASE_IO, HOST_COMMAND_FAILED
  * - any:       ABORTED
  */
 export type QuiesceErrorCode =
@@ -51,6 +51,7 @@ export type QuiesceErrorCode =
   | "LEASE_EXPIRED"
   | "WATCHDOG_UNAVAILABLE"
   | "LEASE_IO"
+  | "HOST_COMMAND_FAILED"
   | "ABORTED";
 
 /** Structured context of an error. Every field is optional; layers add what they know. */

@@ -1,0 +1,373 @@
+/**
+ * The ResourceProvider logic of QuiesceWindow, WindowRelease and HostSnapshot, as plain functions.
+ * The serialized provider objects in sdk/ only `require()` this module by package name and forward
+ * to it, so `__provider` stays small, captures nothing stateful and holds no secret.
+ *
+ * Contract (DESIGN.md, "Lifecycle rules"; @pulumi/pulumi dynamic/index.ts):
+ * - check: pure validation, one failure per field, unknowns tolerated.
+ * - diff: target, selection, lease or triggers change → replace with deleteBeforeReplace (freezes do not
+ *   nest); credentials and timeouts only → update.
+ * - create: if it fails, nothing was created: the guest is thawed.
+ * - read: the truth (held or not), never "frozen" when the guest is thawed.
+ * - delete: thaw only if owned; "already thawed / expired / another's" succeeds without touching the guest;
+ *   an unreachable host fails, so the resource stays in state.
+ */
+import { QuiesceError } from "../errors";
+import type { GuestFilesystem } from "../agent/commands";
+import type { SshConnectionConfig } from "../transport/ssh";
+import { defaultSshPool, shellQuote } from "../transport/ssh";
+import {
+  createWindow,
+  releaseWindow,
+  windowStatus,
+  type AgentTarget,
+  type Timeouts,
+  type WindowState,
+} from "../quiesce/lifecycle";
+import { validateWindowInputs, validateConnection, type InputFailure, PULUMI_UNKNOWN } from "../quiesce/validate";
+import { diskBusTarget } from "../quiesce/plan";
+
+/** QuiesceWindow inputs as the provider receives them (plain values). */
+export interface WindowInputs {
+  readonly connection?: SshConnectionConfig;
+  readonly socketPath: string;
+  readonly mountpoints?: string[];
+  readonly disks?: string[];
+  readonly maxDurationSeconds?: number;
+  readonly thawOnDisconnect?: boolean;
+  readonly timeouts?: Timeouts;
+  readonly triggers?: unknown[];
+  readonly leaseDir?: string;
+  /** The resource's name, recorded as the lease owner (set by the SDK). */
+  readonly resourceName?: string;
+}
+
+/** A filesystem in the `filesystems` output. */
+export interface FilesystemSummary {
+  readonly mountpoint: string;
+  readonly type: string;
+  readonly disks: { serial?: string; dev?: string; busType: string; target: string }[];
+}
+
+/** QuiesceWindow outputs. */
+export interface WindowOutputs extends WindowInputs {
+  readonly windowId: string;
+  readonly frozenMountpoints: string[];
+  readonly frozenCount: number;
+  readonly frozenAt: string;
+  readonly expiresAt: string;
+  readonly agentVersion: string;
+  readonly filesystems: FilesystemSummary[];
+  /** Whether the window was held at the last create or refresh. */
+  readonly held: boolean;
+  /** The window's state at the last create or refresh. */
+  readonly state: WindowState;
+}
+
+/** Provider id: the window id. */
+type Id = string;
+
+function target(inputs: WindowInputs): AgentTarget {
+  return { connection: inputs.connection, socketPath: inputs.socketPath, leaseDir: inputs.leaseDir };
+}
+
+/** Summarises fsinfo for the `filesystems` output. */
+export function summarizeFilesystems(filesystems: readonly GuestFilesystem[]): FilesystemSummary[] {
+  return filesystems.map((f) => ({
+    mountpoint: f.mountpoint,
+    type: f.type,
+    disks: f.disks.map((d) => ({
+      ...(d.serial ? { serial: d.serial } : {}),
+      ...(d.dev ? { dev: d.dev } : {}),
+      busType: d.busType,
+      target: diskBusTarget(d),
+    })),
+  }));
+}
+
+/** Writes a diagnostic line to stderr (shown by the engine with the resource's output). */
+function note(message: string): void {
+  process.stderr.write(`pulumi-quiesce: ${message}\n`);
+}
+
+// ---- QuiesceWindow ------------------------------------------------------------------------------
+
+/** check: pure validation. */
+export async function checkWindow(_olds: unknown, news: WindowInputs): Promise<{ inputs: WindowInputs; failures: InputFailure[] }> {
+  return { inputs: news, failures: validateWindowInputs(news as unknown as Record<string, unknown>) };
+}
+
+const TARGET_KEYS = ["host", "port"] as const;
+const CREDENTIAL_KEYS = [
+  "user",
+  "password",
+  "privateKey",
+  "privateKeyPassword",
+  "agentSocketPath",
+  "dialErrorLimit",
+  "perDialTimeout",
+  "hostKey",
+  "knownHostsPath",
+  "insecureSkipHostKeyCheck",
+  "proxy",
+] as const;
+
+function same(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a ?? null) === JSON.stringify(b ?? null);
+}
+
+/** diff: what replaces (a new freeze) and what merely updates. */
+export async function diffWindow(
+  _id: Id,
+  olds: WindowOutputs,
+  news: WindowInputs,
+): Promise<{ changes: boolean; replaces: string[]; deleteBeforeReplace: boolean }> {
+  const replaces: string[] = [];
+  const updates: string[] = [];
+  const oc = (olds.connection ?? {}) as Record<string, unknown>;
+  const nc = (news.connection ?? {}) as Record<string, unknown>;
+  if (!same(olds.connection === undefined, news.connection === undefined)) replaces.push("connection");
+  for (const k of TARGET_KEYS) if (!same(oc[k], nc[k])) replaces.push(`connection.${k}`);
+  for (const k of CREDENTIAL_KEYS) if (!same(oc[k], nc[k])) updates.push(`connection.${k}`);
+  for (const k of ["socketPath", "leaseDir", "mountpoints", "disks", "maxDurationSeconds", "thawOnDisconnect", "triggers"] as const) {
+    if (!same(olds[k], news[k])) replaces.push(k);
+  }
+  if (!same(olds.timeouts, news.timeouts)) updates.push("timeouts");
+  return { changes: replaces.length + updates.length > 0, replaces, deleteBeforeReplace: true };
+}
+
+function owner(name: string | undefined): string {
+  const project = process.env.PULUMI_PROJECT ?? "";
+  const stack = process.env.PULUMI_STACK ?? "";
+  return `pulumi:${[project, stack, name].filter(Boolean).join("/") || "unknown"}`;
+}
+
+/** create: a verified freeze; on failure the guest is thawed. */
+export async function createWindowResource(inputs: WindowInputs): Promise<{ id: Id; outs: WindowOutputs }> {
+  const w = await createWindow({
+    target: target(inputs),
+    mountpoints: inputs.mountpoints,
+    disks: inputs.disks,
+    maxDurationSeconds: inputs.maxDurationSeconds,
+    timeouts: inputs.timeouts,
+    owner: owner(inputs.resourceName),
+  });
+  return {
+    id: w.windowId,
+    outs: {
+      ...inputs,
+      windowId: w.windowId,
+      frozenMountpoints: [...w.frozenMountpoints],
+      frozenCount: w.frozenCount,
+      frozenAt: w.frozenAt,
+      expiresAt: w.expiresAt,
+      agentVersion: w.agentVersion,
+      filesystems: summarizeFilesystems(w.filesystems),
+      held: true,
+      state: "held",
+    },
+  };
+}
+
+/** read: the truth about the window. */
+export async function readWindow(id: Id, props: WindowOutputs): Promise<{ id: Id; props: WindowOutputs }> {
+  const report = await windowStatus(target(props), { windowId: id, timeouts: props.timeouts });
+  return { id, props: { ...props, held: report.state === "held", state: report.state } };
+}
+
+/** update: credentials or timeouts changed; the window and its outputs stay. */
+export async function updateWindow(_id: Id, olds: WindowOutputs, news: WindowInputs): Promise<{ outs: WindowOutputs }> {
+  return { outs: { ...olds, ...news } };
+}
+
+/** delete: thaw if this window still owns the freeze; otherwise succeed and say why. */
+export async function deleteWindow(id: Id, props: WindowOutputs): Promise<void> {
+  const r = await releaseWindow({ target: target(props), windowId: id, timeouts: props.timeouts });
+  if (r.outcome !== "released") note(`window ${id}: nothing to thaw (${describeOutcome(r.outcome, r.lease?.owner)})`);
+}
+
+function describeOutcome(outcome: string, leaseOwner: string | undefined): string {
+  switch (outcome) {
+    case "not-held":
+      return "the guest is thawed and holds no lease of this window: already released, or thawed at its deadline";
+    case "thawed-outside":
+      return "the lease was this window's but the guest was thawed by someone else, or rebooted";
+    case "other-window":
+      return `the guest's freeze belongs to another window (${leaseOwner ?? "unknown owner"}); it was left alone`;
+    case "frozen-outside":
+      return "the guest is frozen by something outside pulumi-quiesce; it was left alone";
+    case "expired":
+      return "the window's lease had expired; its freeze was thawed now";
+    default:
+      return outcome;
+  }
+}
+
+// ---- WindowRelease ------------------------------------------------------------------------------
+
+/** WindowRelease inputs. */
+export interface ReleaseInputs {
+  readonly windowId: string;
+  readonly connection?: SshConnectionConfig;
+  readonly socketPath: string;
+  readonly leaseDir?: string;
+  readonly timeouts?: Timeouts;
+  /** Succeed even when the window was no longer held when release ran. Default false. */
+  readonly allowExpired?: boolean;
+}
+
+/** WindowRelease outputs. */
+export interface ReleaseOutputs extends ReleaseInputs {
+  readonly heldMs: number;
+  readonly releasedAt: string;
+  readonly outcome: string;
+}
+
+/** check for WindowRelease. */
+export async function checkRelease(_olds: unknown, news: ReleaseInputs): Promise<{ inputs: ReleaseInputs; failures: InputFailure[] }> {
+  const failures: InputFailure[] = [];
+  if (news.windowId !== PULUMI_UNKNOWN && (typeof news.windowId !== "string" || news.windowId === "")) {
+    failures.push({ property: "window", reason: "window is required: the QuiesceWindow to release" });
+  }
+  failures.push(...validateConnection(news.connection));
+  return { inputs: news, failures };
+}
+
+/** create for WindowRelease: thaws under the ownership rule; fails if the window was no longer held. */
+export async function createRelease(inputs: ReleaseInputs): Promise<{ id: Id; outs: ReleaseOutputs }> {
+  const r = await releaseWindow({ target: target(inputs as WindowInputs), windowId: inputs.windowId, timeouts: inputs.timeouts });
+  if (r.outcome !== "released" && !inputs.allowExpired) {
+    throw new QuiesceError(
+      r.outcome === "expired" ? "LEASE_EXPIRED" : "NOT_HELD",
+      `window ${inputs.windowId} was no longer held when the release ran: ${describeOutcome(r.outcome, r.lease?.owner)}. ` +
+        "SNAPSHOTS THAT DEPEND ON THIS WINDOW MAY BE INCONSISTENT. Raise maxDurationSeconds, or set allowExpired " +
+        "if that is acceptable.",
+      { windowId: inputs.windowId, outcome: r.outcome },
+    );
+  }
+  const releasedAt = new Date().toISOString();
+  return {
+    id: `${inputs.windowId}-release`,
+    outs: { ...inputs, heldMs: r.heldMs ?? 0, releasedAt, outcome: r.outcome },
+  };
+}
+
+// ---- HostSnapshot -------------------------------------------------------------------------------
+
+/** HostSnapshot inputs. */
+export interface HostSnapshotInputs {
+  readonly windowId: string;
+  readonly connection?: SshConnectionConfig;
+  readonly socketPath: string;
+  readonly leaseDir?: string;
+  /** Shell command run on the host while the window is held. */
+  readonly create: string;
+  /** Shell command run on the host when the resource is deleted (no window needed). */
+  readonly delete?: string;
+  /** Environment variables for the commands (values are quoted; names must be identifiers). */
+  readonly environment?: Record<string, string>;
+  readonly timeouts?: Timeouts;
+}
+
+/** HostSnapshot outputs. */
+export interface HostSnapshotOutputs extends HostSnapshotInputs {
+  readonly exitCode: number;
+  readonly stdout: string;
+  readonly stderr: string;
+  /** Milliseconds the create command ran. */
+  readonly commandMs: number;
+}
+
+/** Bytes of stdout/stderr kept in outputs. */
+export const HOST_OUTPUT_LIMIT = 16_384;
+
+/** check for HostSnapshot. */
+export async function checkHostSnapshot(_olds: unknown, news: HostSnapshotInputs): Promise<{ inputs: HostSnapshotInputs; failures: InputFailure[] }> {
+  const failures: InputFailure[] = [];
+  if (news.create !== PULUMI_UNKNOWN && (typeof news.create !== "string" || news.create.trim() === "")) {
+    failures.push({ property: "create", reason: "create is required: the shell command that takes the snapshot on the host" });
+  }
+  for (const name of Object.keys(news.environment ?? {})) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
+      failures.push({ property: `environment.${name}`, reason: `environment variable name ${JSON.stringify(name)} is not a shell identifier` });
+    }
+  }
+  failures.push(...validateConnection(news.connection));
+  return { inputs: news, failures };
+}
+
+function withEnvironment(command: string, environment: Record<string, string> | undefined): string {
+  const exports = Object.entries(environment ?? {}).map(([k, v]) => `export ${k}=${shellQuote(v)};`);
+  return [...exports, command].join(" ");
+}
+
+/** Runs a command on the window's host: over SSH, or locally with `sh -c`. */
+export async function runOnHost(
+  inputs: { connection?: SshConnectionConfig },
+  command: string,
+  environment: Record<string, string> | undefined,
+  timeoutMs: number,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const full = withEnvironment(command, environment);
+  if (inputs.connection) {
+    return defaultSshPool.exec(inputs.connection, full, { timeoutMs, maxOutputBytes: HOST_OUTPUT_LIMIT });
+  }
+  const { spawn } = await import("node:child_process");
+  return new Promise((resolve, reject) => {
+    const child = spawn("sh", ["-c", full], { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    timer.unref();
+    child.stdout.on("data", (d: Buffer) => (stdout = (stdout + d.toString()).slice(0, HOST_OUTPUT_LIMIT)));
+    child.stderr.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(0, HOST_OUTPUT_LIMIT)));
+    child.on("error", (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+async function requireHeld(inputs: HostSnapshotInputs, when: string): Promise<void> {
+  const report = await windowStatus(target(inputs as WindowInputs), { windowId: inputs.windowId, timeouts: inputs.timeouts });
+  if (report.state !== "held") {
+    throw new QuiesceError(
+      "NOT_HELD",
+      `window ${inputs.windowId} is not held ${when} the snapshot command (state: ${report.state}); ` +
+        "a snapshot taken now would not be consistent. Raise maxDurationSeconds or check who thawed the guest.",
+      { windowId: inputs.windowId, state: report.state },
+    );
+  }
+}
+
+/** create for HostSnapshot: window held → command → window still held. */
+export async function createHostSnapshot(inputs: HostSnapshotInputs): Promise<{ id: Id; outs: HostSnapshotOutputs }> {
+  await requireHeld(inputs, "before");
+  const started = Date.now();
+  const r = await runOnHost(inputs, inputs.create, inputs.environment, 3_600_000);
+  const commandMs = Date.now() - started;
+  if (r.code !== 0) {
+    const tail = r.stderr.trim().split("\n").slice(-5).join("\n");
+    throw new QuiesceError("HOST_COMMAND_FAILED", `snapshot command exited with ${r.code}:\n${tail}`, { exitCode: r.code, stderr: tail });
+  }
+  await requireHeld(inputs, "after");
+  return {
+    id: `${inputs.windowId}-snap-${started}`,
+    outs: { ...inputs, exitCode: 0, stdout: r.stdout, stderr: r.stderr, commandMs },
+  };
+}
+
+/** delete for HostSnapshot: runs the delete command, if any. */
+export async function deleteHostSnapshot(_id: Id, props: HostSnapshotOutputs): Promise<void> {
+  if (!props.delete) return;
+  const r = await runOnHost(props, props.delete, props.environment, 3_600_000);
+  if (r.code !== 0) {
+    throw new QuiesceError("HOST_COMMAND_FAILED", `snapshot delete command exited with ${r.code}: ${r.stderr.trim().split("\n").slice(-5).join(" | ")}`, {
+      exitCode: r.code,
+    });
+  }
+}

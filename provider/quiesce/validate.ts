@@ -1,0 +1,137 @@
+/**
+ * Pure validation of window inputs (DESIGN.md, "Check"): no I/O, one failure per bad field, and
+ * tolerant of values not known yet (Pulumi preview passes an unknown sentinel; callers pass `isUnknown`).
+ */
+
+/** One failed field: `property` is a dotted path such as `connection.port`. */
+export interface InputFailure {
+  readonly property: string;
+  readonly reason: string;
+}
+
+/** The sentinel Pulumi's dynamic-provider host uses for values unknown during preview. */
+export const PULUMI_UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
+
+function unknown(v: unknown): boolean {
+  return v === PULUMI_UNKNOWN;
+}
+
+function present(v: unknown): boolean {
+  return v !== undefined && v !== null;
+}
+
+function checkNumber(
+  failures: InputFailure[],
+  property: string,
+  value: unknown,
+  min: number,
+  max: number,
+  unit: string,
+  integer = false,
+): void {
+  if (!present(value) || unknown(value)) return;
+  if (typeof value !== "number" || !Number.isFinite(value) || (integer && !Number.isInteger(value)) || value < min || value > max) {
+    failures.push({
+      property,
+      reason: `${property} must be ${integer ? "a whole number" : "a number"} from ${min} to ${max} ${unit}; got ${JSON.stringify(value)}`,
+    });
+  }
+}
+
+function checkStringList(failures: InputFailure[], property: string, value: unknown, absolute: boolean): void {
+  if (!present(value) || unknown(value)) return;
+  if (!Array.isArray(value)) {
+    failures.push({ property, reason: `${property} must be a list of strings; got ${JSON.stringify(value)}` });
+    return;
+  }
+  const seen = new Set<string>();
+  value.forEach((item: unknown, i: number) => {
+    if (unknown(item)) return;
+    const where = `${property}[${i}]`;
+    if (typeof item !== "string" || item.trim() === "") {
+      failures.push({ property: where, reason: `${where} must be a non-empty string; got ${JSON.stringify(item)}` });
+    } else if (absolute && !item.startsWith("/")) {
+      failures.push({ property: where, reason: `${where} must be an absolute guest path such as /data; got ${JSON.stringify(item)}` });
+    } else if (seen.has(item)) {
+      failures.push({ property: where, reason: `${where} repeats ${JSON.stringify(item)}; list each once` });
+    } else seen.add(item);
+  });
+}
+
+/** Validates a connection object (also used for `connection.proxy`). */
+export function validateConnection(value: unknown, property = "connection"): InputFailure[] {
+  const failures: InputFailure[] = [];
+  if (!present(value) || unknown(value)) return failures;
+  if (typeof value !== "object" || Array.isArray(value)) {
+    return [{ property, reason: `${property} must be an object with at least host` }];
+  }
+  const c = value as Record<string, unknown>;
+  if (!unknown(c.host) && (typeof c.host !== "string" || c.host.trim() === "")) {
+    failures.push({ property: `${property}.host`, reason: `${property}.host is required: the hypervisor host's name or address` });
+  }
+  checkNumber(failures, `${property}.port`, c.port, 1, 65535, "", true);
+  checkNumber(failures, `${property}.dialErrorLimit`, c.dialErrorLimit, 1, 1000, "attempts", true);
+  checkNumber(failures, `${property}.perDialTimeout`, c.perDialTimeout, 1, 3600, "seconds");
+  for (const key of ["user", "password", "privateKey", "privateKeyPassword", "agentSocketPath", "hostKey", "knownHostsPath"]) {
+    const v = c[key];
+    if (present(v) && !unknown(v) && typeof v !== "string") {
+      failures.push({ property: `${property}.${key}`, reason: `${property}.${key} must be a string` });
+    }
+  }
+  for (const key of ["agentSocketPath", "knownHostsPath"]) {
+    const v = c[key];
+    if (typeof v === "string" && !unknown(v) && !v.startsWith("/") && !v.startsWith("~/")) {
+      failures.push({ property: `${property}.${key}`, reason: `${property}.${key} must be an absolute path; got ${JSON.stringify(v)}` });
+    }
+  }
+  const insecure = c.insecureSkipHostKeyCheck;
+  if (present(insecure) && !unknown(insecure) && typeof insecure !== "boolean") {
+    failures.push({ property: `${property}.insecureSkipHostKeyCheck`, reason: `${property}.insecureSkipHostKeyCheck must be true or false` });
+  }
+  if (insecure === true && present(c.hostKey)) {
+    failures.push({
+      property: `${property}.insecureSkipHostKeyCheck`,
+      reason: `${property}: set either hostKey or insecureSkipHostKeyCheck, not both`,
+    });
+  }
+  if (present(c.proxy)) failures.push(...validateConnection(c.proxy, `${property}.proxy`));
+  return failures;
+}
+
+/** Validates QuiesceWindow inputs. Returns every failure, one per bad field. */
+export function validateWindowInputs(inputs: Record<string, unknown>): InputFailure[] {
+  const failures: InputFailure[] = [];
+  const socketPath = inputs.socketPath;
+  if (!unknown(socketPath)) {
+    if (typeof socketPath !== "string" || socketPath === "") {
+      failures.push({ property: "socketPath", reason: "socketPath is required: the absolute path of the guest agent socket on the host" });
+    } else if (!socketPath.startsWith("/")) {
+      failures.push({
+        property: "socketPath",
+        reason: `socketPath must be absolute (e.g. /var/lib/libvirt/qemu/channel/target/domain-vm1/org.qemu.guest_agent.0); got ${JSON.stringify(socketPath)}`,
+      });
+    }
+  }
+  if (typeof inputs.leaseDir === "string" && !inputs.leaseDir.startsWith("/")) {
+    failures.push({ property: "leaseDir", reason: `leaseDir must be absolute; got ${JSON.stringify(inputs.leaseDir)}` });
+  }
+  checkStringList(failures, "mountpoints", inputs.mountpoints, true);
+  checkStringList(failures, "disks", inputs.disks, false);
+  checkNumber(failures, "maxDurationSeconds", inputs.maxDurationSeconds, 1, 86_400, "seconds");
+  const t = inputs.timeouts;
+  if (present(t) && !unknown(t)) {
+    if (typeof t !== "object" || Array.isArray(t)) failures.push({ property: "timeouts", reason: "timeouts must be an object" });
+    else {
+      const timeouts = t as Record<string, unknown>;
+      for (const key of ["agentSeconds", "freezeSeconds", "thawSeconds"]) {
+        checkNumber(failures, `timeouts.${key}`, timeouts[key], 0.1, 3600, "seconds");
+      }
+    }
+  }
+  const tod = inputs.thawOnDisconnect;
+  if (present(tod) && !unknown(tod) && typeof tod !== "boolean") {
+    failures.push({ property: "thawOnDisconnect", reason: "thawOnDisconnect must be true or false" });
+  }
+  failures.push(...validateConnection(inputs.connection));
+  return failures;
+}

@@ -1,0 +1,234 @@
+/**
+ * QuiesceWindow, WindowRelease and HostSnapshot: Pulumi dynamic resources.
+ *
+ * The provider objects below are serialized into every resource's state (`__provider`). Each method only
+ * `require()`s this package by name and forwards, so the text stays small and captures nothing stateful
+ * and no secret (AGENT-FACTS.md, "Pulumi dynamic providers"). The program's directory must therefore have
+ * `pulumi-quiesce` as a dependency.
+ */
+import * as pulumi from "@pulumi/pulumi";
+import type { Connection, FilesystemSummary, TimeoutsArgs } from "./types";
+
+type Impl = typeof import("../provider/dynamic/window");
+
+const windowProvider: pulumi.dynamic.ResourceProvider = {
+  check: (olds, news) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).checkWindow(olds, news),
+  diff: (id, olds, news) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).diffWindow(id, olds, news),
+  create: (inputs) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).createWindowResource(inputs),
+  read: (id, props) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).readWindow(id, props),
+  update: (id, olds, news) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).updateWindow(id, olds, news),
+  delete: (id, props) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).deleteWindow(id, props),
+};
+
+const releaseProvider: pulumi.dynamic.ResourceProvider = {
+  check: (olds, news) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).checkRelease(olds, news),
+  diff: async (_id, olds, news) => {
+    const changed = ["windowId", "socketPath", "allowExpired"].filter((k) => JSON.stringify(olds[k]) !== JSON.stringify(news[k]));
+    return { changes: changed.length > 0, replaces: changed, deleteBeforeReplace: true };
+  },
+  create: (inputs) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).createRelease(inputs),
+  // A release has nothing to undo.
+  delete: async () => undefined,
+};
+
+const hostSnapshotProvider: pulumi.dynamic.ResourceProvider = {
+  check: (olds, news) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).checkHostSnapshot(olds, news),
+  diff: async (_id, olds, news) => {
+    const changed = ["windowId", "create", "environment", "socketPath"].filter((k) => JSON.stringify(olds[k]) !== JSON.stringify(news[k]));
+    const updated = JSON.stringify(olds.delete) !== JSON.stringify(news.delete) || JSON.stringify(olds.connection) !== JSON.stringify(news.connection);
+    return { changes: changed.length > 0 || updated, replaces: changed, deleteBeforeReplace: true };
+  },
+  create: (inputs) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).createHostSnapshot(inputs),
+  update: async (_id, olds, news) => ({ outs: { ...olds, ...news } }),
+  delete: (id, props) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).deleteHostSnapshot(id, props),
+};
+
+/** Arguments of {@link QuiesceWindow}. */
+export interface QuiesceWindowArgs {
+  /** SSH connection to the hypervisor host. Omitted: the agent socket is on the machine running Pulumi. */
+  connection?: pulumi.Input<Connection>;
+  /** Absolute path of the guest agent's chardev socket on the host. */
+  socketPath: pulumi.Input<string>;
+  /** Guest mount points to freeze, e.g. `["/data"]`. Omitted (and no `disks`): every filesystem. */
+  mountpoints?: pulumi.Input<pulumi.Input<string>[]>;
+  /** Select filesystems by backing disk: serial, guest device (`/dev/vdb`) or bus target (`virtio:0:0:1`). */
+  disks?: pulumi.Input<pulumi.Input<string>[]>;
+  /** Lease length in seconds: the guest is thawed by then whatever happens. Default 300. */
+  maxDurationSeconds?: pulumi.Input<number>;
+  /** Thaw as soon as the process that froze is gone. Default true. */
+  thawOnDisconnect?: pulumi.Input<boolean>;
+  /** Agent timeouts in seconds (defaults: agent 10, freeze 30, thaw 30). */
+  timeouts?: pulumi.Input<TimeoutsArgs>;
+  /** Any change replaces the window (a new freeze). */
+  triggers?: pulumi.Input<unknown[]>;
+  /** Lease directory on the host. Default `/run/pulumi-quiesce`. */
+  leaseDir?: pulumi.Input<string>;
+}
+
+/**
+ * A verified freeze of a guest's filesystems, held from create until {@link WindowRelease} or delete.
+ * Snapshot resources `dependsOn` it.
+ *
+ * @example
+ * ```ts
+ * const window = new QuiesceWindow("db", {
+ *   connection: { host: "hv1", privateKey: cfg.requireSecret("sshKey") },
+ *   socketPath: "/var/lib/vms/db/qga.sock",
+ *   mountpoints: ["/var/lib/postgresql"],
+ *   maxDurationSeconds: 60,
+ * });
+ * const snap = new HostSnapshot("db-snap", { window, create: "lvcreate -s -n db-snap -L 5G vg0/db" }, { dependsOn: window });
+ * new WindowRelease("db-release", { window }, { dependsOn: snap });
+ * ```
+ */
+export class QuiesceWindow extends pulumi.dynamic.Resource {
+  /** The window's id (also the resource id); the lease on the host names it. */
+  declare public readonly windowId: pulumi.Output<string>;
+  /** Mount points frozen, sorted. */
+  declare public readonly frozenMountpoints: pulumi.Output<string[]>;
+  /** How many filesystems the agent froze (verified to equal `frozenMountpoints.length`). */
+  declare public readonly frozenCount: pulumi.Output<number>;
+  /** When the freeze was issued (ISO 8601 UTC). */
+  declare public readonly frozenAt: pulumi.Output<string>;
+  /** The lease deadline (ISO 8601 UTC): thawed by then whatever happens. */
+  declare public readonly expiresAt: pulumi.Output<string>;
+  /** qemu-ga version in the guest. */
+  declare public readonly agentVersion: pulumi.Output<string>;
+  /** The guest's filesystems and their disks, as seen before the freeze. */
+  declare public readonly filesystems: pulumi.Output<FilesystemSummary[]>;
+  /** Whether the window was held at the last create or refresh. */
+  declare public readonly held: pulumi.Output<boolean>;
+  /** Window state at the last create or refresh: held, expired, thawed-outside, other-window, frozen-outside, not-held. */
+  declare public readonly state: pulumi.Output<string>;
+  /** Inputs echoed as outputs (the connection is secret). */
+  declare public readonly socketPath: pulumi.Output<string>;
+  declare public readonly connection: pulumi.Output<Connection | undefined>;
+  declare public readonly leaseDir: pulumi.Output<string | undefined>;
+  declare public readonly timeouts: pulumi.Output<TimeoutsArgs | undefined>;
+
+  constructor(name: string, args: QuiesceWindowArgs, opts?: pulumi.CustomResourceOptions) {
+    super(
+      windowProvider,
+      name,
+      {
+        ...args,
+        resourceName: name,
+        windowId: undefined,
+        frozenMountpoints: undefined,
+        frozenCount: undefined,
+        frozenAt: undefined,
+        expiresAt: undefined,
+        agentVersion: undefined,
+        filesystems: undefined,
+        held: undefined,
+        state: undefined,
+      },
+      { ...opts, additionalSecretOutputs: [...(opts?.additionalSecretOutputs ?? []), "connection"] },
+      "quiesce",
+      "QuiesceWindow",
+    );
+  }
+}
+
+/** Arguments of {@link WindowRelease}. */
+export interface WindowReleaseArgs {
+  /** The window to release. */
+  window: QuiesceWindow;
+  /** Succeed even if the window was no longer held when release ran. Default false: fail loudly. */
+  allowExpired?: pulumi.Input<boolean>;
+}
+
+/**
+ * Thaws a {@link QuiesceWindow} within the same deployment; place it after the snapshots (`dependsOn`).
+ * Fails if the window was no longer held when it ran (the snapshots may be inconsistent), unless `allowExpired`.
+ */
+export class WindowRelease extends pulumi.dynamic.Resource {
+  /** How long the freeze was held, in milliseconds. */
+  declare public readonly heldMs: pulumi.Output<number>;
+  /** When the release ran (ISO 8601 UTC). */
+  declare public readonly releasedAt: pulumi.Output<string>;
+  /** `released`, or (with allowExpired) why nothing was thawed. */
+  declare public readonly outcome: pulumi.Output<string>;
+
+  constructor(name: string, args: WindowReleaseArgs, opts?: pulumi.CustomResourceOptions) {
+    const w = args.window;
+    super(
+      releaseProvider,
+      name,
+      {
+        windowId: w.windowId,
+        connection: w.connection,
+        socketPath: w.socketPath,
+        leaseDir: w.leaseDir,
+        timeouts: w.timeouts,
+        allowExpired: args.allowExpired,
+        heldMs: undefined,
+        releasedAt: undefined,
+        outcome: undefined,
+      },
+      { ...opts, dependsOn: mergeDependsOn(opts?.dependsOn, w), additionalSecretOutputs: [...(opts?.additionalSecretOutputs ?? []), "connection"] },
+      "quiesce",
+      "WindowRelease",
+    );
+  }
+}
+
+/** Arguments of {@link HostSnapshot}. */
+export interface HostSnapshotArgs {
+  /** The window that must be held while `create` runs. */
+  window: QuiesceWindow;
+  /** Shell command run on the hypervisor host (over the window's connection) while the window is held. */
+  create: pulumi.Input<string>;
+  /** Shell command run on the host when the resource is deleted (e.g. remove the snapshot). */
+  delete?: pulumi.Input<string>;
+  /** Environment variables for both commands; values are shell-quoted. */
+  environment?: pulumi.Input<Record<string, pulumi.Input<string>>>;
+}
+
+/**
+ * Runs a snapshot command on the hypervisor host while a window is held. Verifies the window is held before
+ * and after the command, and fails otherwise. Outputs the exit code and the first 16 KiB of stdout/stderr.
+ */
+export class HostSnapshot extends pulumi.dynamic.Resource {
+  /** Exit code of `create` (always 0: anything else fails the resource). */
+  declare public readonly exitCode: pulumi.Output<number>;
+  /** Standard output of `create`, at most 16 KiB. */
+  declare public readonly stdout: pulumi.Output<string>;
+  /** Standard error of `create`, at most 16 KiB. */
+  declare public readonly stderr: pulumi.Output<string>;
+  /** Milliseconds the `create` command ran. */
+  declare public readonly commandMs: pulumi.Output<number>;
+
+  constructor(name: string, args: HostSnapshotArgs, opts?: pulumi.CustomResourceOptions) {
+    const w = args.window;
+    super(
+      hostSnapshotProvider,
+      name,
+      {
+        windowId: w.windowId,
+        connection: w.connection,
+        socketPath: w.socketPath,
+        leaseDir: w.leaseDir,
+        timeouts: w.timeouts,
+        create: args.create,
+        delete: args.delete,
+        environment: args.environment,
+        exitCode: undefined,
+        stdout: undefined,
+        stderr: undefined,
+        commandMs: undefined,
+      },
+      { ...opts, dependsOn: mergeDependsOn(opts?.dependsOn, w), additionalSecretOutputs: [...(opts?.additionalSecretOutputs ?? []), "connection"] },
+      "quiesce",
+      "HostSnapshot",
+    );
+  }
+}
+
+function mergeDependsOn(
+  dependsOn: pulumi.Input<pulumi.Input<pulumi.Resource>[]> | pulumi.Input<pulumi.Resource> | undefined,
+  extra: pulumi.Resource,
+): pulumi.Input<pulumi.Input<pulumi.Resource>[]> {
+  if (dependsOn === undefined) return [extra];
+  return pulumi.output(dependsOn).apply((d) => [...(Array.isArray(d) ? d : [d]), extra]) as pulumi.Input<pulumi.Input<pulumi.Resource>[]>;
+}
