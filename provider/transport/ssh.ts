@@ -11,6 +11,7 @@
  * - Parsing an encrypted key costs ~335 ms: parse once and reuse.
  */
 import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
 import type { Duplex } from "node:stream";
 import { Client, utils, type AuthenticationType, type ClientChannel, type ConnectConfig, type ParsedKey, type SFTPWrapper } from "ssh2";
 import { QuiesceError, abortError, isQuiesceError } from "../errors";
@@ -194,6 +195,9 @@ class PooledConnection {
         { target: label },
         { cause: err },
       );
+      // Fail the channels with the reason now (ssh2 would otherwise just end them when the socket closes),
+      // and leave the pool, so the next use dials a new connection.
+      this.gone();
     });
     client.on("close", () => this.gone());
     this.armIdle();
@@ -230,7 +234,15 @@ class PooledConnection {
     const reason =
       this.lostReason ??
       new QuiesceError("SSH_CONNECTION_LOST", `${this.label}: SSH connection closed`, { target: this.label });
-    for (const channel of this.channels) channel.destroy(reason);
+    this.failChannels(reason);
+  }
+
+  private failChannels(reason: QuiesceError): void {
+    for (const channel of this.channels) {
+      // ssh2's Channel.destroy() ignores its argument, so the reason is delivered as an 'error' event first.
+      if (channel.listenerCount("error") > 0) channel.emit("error", reason);
+      channel.destroy();
+    }
     this.channels.clear();
   }
 }
@@ -359,6 +371,11 @@ export class SshPool {
         channel.stderr.on("data", (d: Buffer) => {
           if (stderr.length < limit) stderr += d.toString("utf8").slice(0, limit - stderr.length);
         });
+        channel.on("error", (channelErr: Error) => {
+          clearTimeout(timer);
+          options.signal?.removeEventListener("abort", onAbort);
+          reject(channelErr);
+        });
         channel.on("exit", (exitCode: number | null) => {
           code = exitCode;
         });
@@ -464,10 +481,17 @@ export class SshPool {
   }
 
   /** The pooled connection for `config`, dialling (with retries) when there is none or it was lost. */
-  private connection(config: SshConnectionConfig, signal: AbortSignal | undefined): Promise<PooledConnection> {
+  private async connection(config: SshConnectionConfig, signal: AbortSignal | undefined): Promise<PooledConnection> {
     const key = poolKey(config);
     const existing = this.connections.get(key);
-    if (existing) return existing;
+    if (existing) {
+      // Callers that join a dial in progress share its outcome, error included.
+      const pooled = await existing;
+      if (!pooled.closed) return pooled;
+      // A connection that died since: dial a new one.
+      if (this.connections.get(key) === existing) this.connections.delete(key);
+      return this.connection(config, signal);
+    }
     const created = this.dialWithRetries(config, key, signal);
     this.connections.set(key, created);
     created.catch(() => {
@@ -554,7 +578,9 @@ export class SshPool {
     const methods: { type: AuthenticationType; describe: string; make: () => object }[] = [];
     if (privateKey) methods.push({ type: "publickey", describe: `publickey (${privateKey.type})`, make: () => ({ type: "publickey", username: user, key: privateKey }) });
     const agentPath = agentSocket(config);
-    if (agentPath) methods.push({ type: "agent", describe: `agent (${agentPath})`, make: () => ({ type: "agent", username: user, agent: agentPath }) });
+    const skipped: string[] = [];
+    if (agentPath && !existsSync(agentPath)) skipped.push(`agent (no socket at ${agentPath})`);
+    else if (agentPath) methods.push({ type: "agent", describe: `agent (${agentPath})`, make: () => ({ type: "agent", username: user, agent: agentPath }) });
     if (config.password !== undefined) methods.push({ type: "password", describe: "password", make: () => ({ type: "password", username: user, password: config.password }) });
     if (methods.length === 0) {
       throw new QuiesceError(
@@ -586,7 +612,7 @@ export class SshPool {
       });
       client.on("error", (err: Error & { level?: string; code?: string }) => {
         if (settled) return;
-        fail(this.classifyConnectError(err, config, verifier, tried, serverAllows));
+        fail(this.classifyConnectError(err, config, verifier, [...tried, ...skipped], serverAllows));
       });
       client.once("close", () =>
         fail(new QuiesceError("SSH_CONNECT_FAILED", `${label}: the server closed the connection during the handshake`, { target: label })),

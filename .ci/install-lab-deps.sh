@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the lab (test/lab) needs, on Debian 12 as root. Noninteractive and
+# idempotent: a second run installs nothing. test/lab/build.sh then builds the guest from these packages
+# (and downloads the kernel package itself with `apt-get download`, which needs the apt lists updated).
+set -euo pipefail
+
+packages=(
+  qemu-system-x86   # the TCG VM (qemu-system-data brings the PVH and linuxboot option ROMs)
+  qemu-guest-agent  # /usr/sbin/qemu-ga, copied into the guest's initramfs with the libraries ldd lists
+  busybox-static    # the guest's userland
+  cpio gzip xz-utils # packing the initramfs; unpacking the kernel's xz payload into a PVH-bootable vmlinux
+  e2fsprogs         # mkfs.ext4 for the data images; e2fsck, dumpe2fs and debugfs to inspect copies
+  openssh-server    # the lab sshd
+  openssh-client    # ssh-keygen for the lab's keys; ssh in the smoke test
+  socat             # talking to the agent socket by hand (npm run lab), and a watchdog helper on hosts
+  util-linux        # flock (build lock), setpriv (parent-death signal for lab processes)
+  apt dpkg          # apt-get download, dpkg -x of the kernel package
+)
+
+missing=()
+for package in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$package")
+  fi
+done
+
+export DEBIAN_FRONTEND=noninteractive
+# The lists are needed even when every package is present: the first lab build resolves and downloads the
+# kernel package that linux-image-amd64 depends on.
+if ! apt-get update -q >/tmp/install-lab-deps.apt-update.log 2>&1; then
+  cat /tmp/install-lab-deps.apt-update.log >&2
+  if ((${#missing[@]} > 0)); then
+    echo "install-lab-deps: apt-get update failed" >&2
+    exit 1
+  fi
+  echo "install-lab-deps: apt-get update failed; every package is installed, continuing with the old lists" >&2
+fi
+
+if ((${#missing[@]} > 0)); then
+  echo "install-lab-deps: installing ${missing[*]}" >&2
+  # Without this, installing openssh-server would start a system sshd on port 22; the lab runs its own.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 0755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "install-lab-deps: all ${#packages[@]} packages already installed" >&2
+fi
+
+# sshd's privilege separation directory (normally made by systemd-tmpfiles); test/lab/sshd.ts makes it too.
+mkdir -p /run/sshd
