@@ -43,6 +43,12 @@ const hostSnapshotProvider: pulumi.dynamic.ResourceProvider = {
   delete: (id, props) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).deleteHostSnapshot(id, props),
 };
 
+/**
+ * The provider objects, for tests that drive Pulumi's dynamic-provider host directly.
+ * @internal
+ */
+export const providersForTesting = { windowProvider, releaseProvider, hostSnapshotProvider } as const;
+
 /** Arguments of {@link QuiesceWindow}. */
 export interface QuiesceWindowArgs {
   /** SSH connection to the hypervisor host. Omitted: the agent socket is on the machine running Pulumi. */

@@ -237,8 +237,12 @@ export async function createWindow(request: CreateWindowRequest, deps: Lifecycle
   const owner = request.owner ?? "pulumi-quiesce";
 
   return withSession(target, request.timeouts, deps, signal, async (session) => {
-    // 1. The agent answers and fsfreeze is enabled (an administrator can block commands).
+    // 1. The agent answers, and the guest is thawed. Status comes before guest-info: while frozen the agent
+    //    reports the freeze commands as disabled, which would read as an administrator's block.
+    //    Holding the channel keeps every other client out until we close it.
     await ping(session, { signal });
+    if ((await fsfreezeStatus(session, { signal })) === "frozen") throw alreadyFrozen(label, await store.read(target.socketPath));
+    // 2. fsfreeze is enabled (an administrator can block commands).
     const info = await getInfo(session, { signal });
     const needed = ["guest-fsfreeze-status", "guest-fsfreeze-thaw", "guest-get-fsinfo", "guest-fsfreeze-freeze-list", "guest-fsfreeze-freeze"];
     const disabled = needed.filter((name) => !info.commands.some((c) => c.name === name && c.enabled));
@@ -250,8 +254,6 @@ export async function createWindow(request: CreateWindowRequest, deps: Lifecycle
         { target: label, disabled },
       );
     }
-    // 2. Status must be thawed. Holding the channel keeps every other client out until we close it.
-    if ((await fsfreezeStatus(session, { signal })) === "frozen") throw alreadyFrozen(label, await store.read(target.socketPath));
     // 3. Resolve the selection before freezing: fsinfo is refused once frozen.
     const filesystems = await getFsinfo(session, { signal });
     const plan = planFreeze(request, filesystems, label);

@@ -165,7 +165,11 @@ export function agentConformance(name: string, getTarget: () => ConformanceTarge
         expect(isQuiesceError(err, "AGENT_FROZEN")).toBe(true);
       }
       await ping(s());
-      await getInfo(s());
+      // guest-info still answers, and reports the refused commands as disabled while frozen.
+      const info = await getInfo(s());
+      expect(info.commands.find((c) => c.name === "guest-fsfreeze-freeze-list")?.enabled).toBe(false);
+      expect(info.commands.find((c) => c.name === "guest-get-fsinfo")?.enabled).toBe(false);
+      expect(info.commands.find((c) => c.name === "guest-fsfreeze-thaw")?.enabled).toBe(true);
       expect(await fsfreezeStatus(s())).toBe("frozen");
       expect(await fsfreezeThaw(s())).toBe(1);
     });

@@ -303,7 +303,8 @@ export class FakeAgent {
             version: "7.2.0-fake",
             supported_commands: SUPPORTED.map((name) => ({
               name,
-              enabled: !this.blockedCommands.has(name),
+              // While frozen, the real agent reports the commands it refuses as disabled.
+              enabled: !this.blockedCommands.has(name) && (this.frozen.size === 0 || ALLOWED_WHILE_FROZEN.has(name)),
               "success-response": true,
             })),
           },
