@@ -1,0 +1,68 @@
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { createHostSnapshot, type HostSnapshotInputs } from "../../provider/dynamic/window";
+import { createWindow, releaseWindow } from "../../provider/quiesce/lifecycle";
+import { isQuiesceError } from "../../provider/errors";
+import { FakeAgent } from "./fakeAgent";
+
+let agent: FakeAgent;
+let leaseDir: string;
+beforeEach(async () => {
+  agent = await FakeAgent.start();
+  leaseDir = fs.mkdtempSync(path.join(os.tmpdir(), "leases-"));
+});
+afterEach(async () => {
+  await agent.stop();
+  fs.rmSync(leaseDir, { recursive: true, force: true });
+});
+
+async function window(): Promise<HostSnapshotInputs> {
+  const w = await createWindow({ target: { socketPath: agent.socketPath, leaseDir }, mountpoints: ["/data"] });
+  return { windowId: w.windowId, socketPath: agent.socketPath, leaseDir, create: "true" };
+}
+
+test("runs the command while the window is held and returns its output", async () => {
+  const inputs = await window();
+  const r = await createHostSnapshot({ ...inputs, create: "echo snapshot-taken" });
+  expect(r.outs).toMatchObject({ exitCode: 0, stdout: "snapshot-taken\n" });
+});
+
+test("environment values reach the command verbatim, never as shell code", async () => {
+  const inputs = await window();
+  const nasty = `a'b "c" $(touch /tmp/pwned-by-quiesce) \`id\` ;rm -rf /`;
+  const r = await createHostSnapshot({ ...inputs, environment: { V: nasty }, create: 'printf %s "$V"' });
+  expect(r.outs.stdout).toBe(nasty);
+  expect(fs.existsSync("/tmp/pwned-by-quiesce")).toBe(false);
+});
+
+test("refuses to run when the window is no longer held", async () => {
+  const inputs = await window();
+  await releaseWindow({ target: { socketPath: agent.socketPath, leaseDir }, windowId: inputs.windowId });
+  const err = await createHostSnapshot({ ...inputs, create: "echo should-not-run" }).catch((e: unknown) => e);
+  expect(isQuiesceError(err, "NOT_HELD")).toBe(true);
+  expect((err as Error).message).toMatch(/would not be consistent/);
+});
+
+test("fails when the window ended while the command ran", async () => {
+  const inputs = await window();
+  // The guest is thawed behind the window's back while the command runs.
+  const marker = path.join(leaseDir, "started");
+  const watcher = fs.watch(leaseDir, () => {
+    if (fs.existsSync(marker)) agent.frozen.clear();
+  });
+  try {
+    const err = await createHostSnapshot({ ...inputs, environment: { M: marker }, create: 'touch "$M"; sleep 0.5' }).catch((e: unknown) => e);
+    expect(isQuiesceError(err, "NOT_HELD")).toBe(true);
+    expect((err as Error).message).toMatch(/not held after/);
+  } finally {
+    watcher.close();
+  }
+});
+
+test("a failing command fails the resource with its exit code and the end of its stderr", async () => {
+  const inputs = await window();
+  const err = await createHostSnapshot({ ...inputs, create: "echo lvcreate: Volume group not found >&2; exit 5" }).catch((e: unknown) => e);
+  expect(isQuiesceError(err, "HOST_COMMAND_FAILED")).toBe(true);
+  expect((err as Error).message).toMatch(/exited with 5.*Volume group not found/s);
+});
