@@ -149,6 +149,7 @@ export async function createWindowResource(inputs: WindowInputs): Promise<{ id: 
     mountpoints: inputs.mountpoints,
     disks: inputs.disks,
     maxDurationSeconds: inputs.maxDurationSeconds,
+    thawOnDisconnect: inputs.thawOnDisconnect,
     timeouts: inputs.timeouts,
     owner: owner(inputs.resourceName),
   });
@@ -197,7 +198,9 @@ function describeOutcome(outcome: string, leaseOwner: string | undefined): strin
     case "frozen-outside":
       return "the guest is frozen by something outside pulumi-quiesce; it was left alone";
     case "expired":
-      return "the window's lease had expired; its freeze was thawed now";
+      return "the window's lease deadline passed and the guest was thawed then (by the watchdog, or now)";
+    case "disconnected":
+      return "the process that held the window went away and the watchdog thawed the guest (thawOnDisconnect)";
     default:
       return outcome;
   }

@@ -45,6 +45,37 @@ export interface LeaseStore {
   write(record: LeaseRecord): Promise<void>;
   /** Removes the lease of `socketPath`. */
   remove(socketPath: string): Promise<void>;
+  /** How the last window of `socketPath` that the watchdog ended, ended (expired or disconnected), if recorded. */
+  readEnded(socketPath: string): Promise<EndedRecord | undefined>;
+}
+
+/** Written by the watchdog when it ends a window: `<lease>.ended.json`. */
+export interface EndedRecord {
+  readonly windowId: string;
+  /** `expired`: thawed at the deadline; `disconnected`: thawed because its holder went away. */
+  readonly how: "expired" | "disconnected";
+  /** When (ISO 8601 UTC). */
+  readonly at: string;
+  readonly thawedCount?: number;
+}
+
+/** The file name of a socket's ended record. */
+export function endedFileName(socketPath: string): string {
+  return leaseFileName(socketPath).replace(/\.json$/, ".ended.json");
+}
+
+function parseEnded(text: string, where: string): EndedRecord {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new QuiesceError("LEASE_IO", `ended record ${where} is not JSON`, { path: where }, { cause: err });
+  }
+  const r = value as Partial<EndedRecord>;
+  if (typeof r?.windowId !== "string" || (r.how !== "expired" && r.how !== "disconnected") || typeof r.at !== "string") {
+    throw new QuiesceError("LEASE_IO", `ended record ${where} is not a pulumi-quiesce ended record`, { path: where });
+  }
+  return r as EndedRecord;
 }
 
 /** The file name of a socket's lease: a hash, so any socket path maps to one safe name. */
@@ -79,14 +110,23 @@ export class LocalLeaseStore implements LeaseStore {
 
   async read(socketPath: string): Promise<LeaseRecord | undefined> {
     const file = path.join(this.dir, leaseFileName(socketPath));
-    let text: string;
+    const text = await this.readText(file);
+    return text === undefined ? undefined : parseLease(text, file);
+  }
+
+  async readEnded(socketPath: string): Promise<EndedRecord | undefined> {
+    const file = path.join(this.dir, endedFileName(socketPath));
+    const text = await this.readText(file);
+    return text === undefined ? undefined : parseEnded(text, file);
+  }
+
+  private async readText(file: string): Promise<string | undefined> {
     try {
-      text = await fsp.readFile(file, "utf8");
+      return await fsp.readFile(file, "utf8");
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
       throw this.ioError("read", file, err);
     }
-    return parseLease(text, file);
   }
 
   async write(record: LeaseRecord): Promise<void> {
@@ -138,15 +178,25 @@ export class SftpLeaseStore implements LeaseStore {
 
   async read(socketPath: string): Promise<LeaseRecord | undefined> {
     const file = path.posix.join(this.dir, leaseFileName(socketPath));
+    const text = await this.readText(file);
+    return text === undefined ? undefined : parseLease(text, `${this.label}/${path.posix.basename(file)}`);
+  }
+
+  async readEnded(socketPath: string): Promise<EndedRecord | undefined> {
+    const file = path.posix.join(this.dir, endedFileName(socketPath));
+    const text = await this.readText(file);
+    return text === undefined ? undefined : parseEnded(text, `${this.label}/${path.posix.basename(file)}`);
+  }
+
+  private async readText(file: string): Promise<string | undefined> {
     const sftp = await this.pool.sftp(this.config);
-    const text = await new Promise<string | undefined>((resolve, reject) =>
+    return new Promise<string | undefined>((resolve, reject) =>
       sftp.readFile(file, "utf8", (err, data) => {
         if (!err) resolve(typeof data === "string" ? data : data.toString("utf8"));
         else if ((err as Error & { code?: number }).code === SFTP_NO_SUCH_FILE) resolve(undefined);
         else reject(this.ioError("read", file, err));
       }),
     );
-    return text === undefined ? undefined : parseLease(text, `${this.label}/${path.posix.basename(file)}`);
   }
 
   async write(record: LeaseRecord): Promise<void> {

@@ -22,7 +22,8 @@ import {
 } from "../agent/commands";
 import { dialerFor } from "../transport/index";
 import { defaultSshPool, type SshConnectionConfig, type SshPool } from "../transport/ssh";
-import { DEFAULT_LEASE_DIR, LocalLeaseStore, SftpLeaseStore, type LeaseRecord, type LeaseStore } from "./lease";
+import { DEFAULT_LEASE_DIR, LocalLeaseStore, SftpLeaseStore, leaseFileName, type EndedRecord, type LeaseRecord, type LeaseStore } from "./lease";
+import { ensureWatchdog, heldHere, holdWindow, type WatchdogHold } from "./watchdog";
 import { planFreeze, type Selection } from "./plan";
 
 /** Where the guest agent is. */
@@ -65,6 +66,11 @@ export interface CreateWindowRequest extends Selection {
   readonly target: AgentTarget;
   /** Lease length in seconds: the guest is thawed by then whatever happens. Default 300. */
   readonly maxDurationSeconds?: number;
+  /**
+   * Thaw as soon as this process is gone (it dies, or its SSH connection drops): the window keeps a hold
+   * channel open to the host's watchdog until it is released. Default true.
+   */
+  readonly thawOnDisconnect?: boolean;
   /** Recorded in the lease: who holds the window. Default `pulumi-quiesce`. */
   readonly owner?: string;
   readonly timeouts?: Timeouts;
@@ -93,8 +99,10 @@ export interface WindowInfo {
 export type WindowState =
   /** The lease is this window's, before its deadline, and the agent says frozen. */
   | "held"
-  /** The lease is this window's but its deadline has passed. */
+  /** The lease is this window's but its deadline has passed, or the watchdog thawed it at the deadline. */
   | "expired"
+  /** The watchdog thawed it because the process holding it went away. */
+  | "disconnected"
   /** The lease is this window's but the agent says thawed (thawed by someone else, or the guest rebooted). */
   | "thawed-outside"
   /** Another window's lease holds the guest. */
@@ -108,6 +116,8 @@ export type WindowState =
 export interface StatusReport {
   readonly agentStatus: FreezeStatus;
   readonly lease: LeaseRecord | undefined;
+  /** How the socket's last watchdog-ended window ended, if recorded. */
+  readonly ended: EndedRecord | undefined;
   /** State relative to `windowId` (when given; else relative to the lease's own window). */
   readonly state: WindowState;
 }
@@ -178,14 +188,22 @@ export function listFilesystems(target: AgentTarget, options: { timeouts?: Timeo
   return withSession(target, options.timeouts, deps, options.signal, (s) => getFsinfo(s, { signal: options.signal }));
 }
 
-function classify(lease: LeaseRecord | undefined, agentStatus: FreezeStatus, windowId: string | undefined, now: number): WindowState {
+function classify(
+  lease: LeaseRecord | undefined,
+  agentStatus: FreezeStatus,
+  windowId: string | undefined,
+  now: number,
+  ended?: EndedRecord,
+): WindowState {
   const mine = lease !== undefined && (windowId === undefined || lease.windowId === windowId);
   if (mine && lease) {
     if (agentStatus === "thawed") return "thawed-outside";
     return Date.parse(lease.expiresAt) < now ? "expired" : "held";
   }
   if (lease) return "other-window";
-  return agentStatus === "frozen" ? "frozen-outside" : "not-held";
+  if (agentStatus === "frozen") return "frozen-outside";
+  if (ended && windowId !== undefined && ended.windowId === windowId) return ended.how;
+  return "not-held";
 }
 
 /** Reports the agent's status and the lease; `windowId` says whose point of view `state` takes. */
@@ -199,7 +217,8 @@ export async function windowStatus(
   return withSession(target, options.timeouts, deps, options.signal, async (session) => {
     const agentStatus = await fsfreezeStatus(session, { signal: options.signal });
     const lease = await store.read(target.socketPath);
-    return { agentStatus, lease, state: classify(lease, agentStatus, options.windowId, now) };
+    const ended = lease ? undefined : await store.readEnded(target.socketPath);
+    return { agentStatus, lease, ended, state: classify(lease, agentStatus, options.windowId, now, ended) };
   });
 }
 
@@ -260,18 +279,53 @@ export async function createWindow(request: CreateWindowRequest, deps: Lifecycle
     if (plan.mountpoints.length === 0) {
       throw new QuiesceError("UNKNOWN_MOUNTPOINT", `${label}: the guest agent reports no filesystems to freeze. Nothing was frozen.`, { target: label });
     }
-    // 4. Freeze. From here on, every failure thaws before it is reported.
+    // 4. The watchdog must run before anything is frozen: it is what ends the freeze if all else fails.
+    const pool = deps.pool ?? defaultSshPool;
+    await ensureWatchdog(target, pool, signal);
+    // 5. Claim the guest: the lease is written before the freeze, so the watchdog can end this window
+    //    whatever happens from here on (this process dying between freeze and lease would leave no trace).
     const frozenAtMs = now();
+    const lease: LeaseRecord = {
+      version: 1,
+      windowId,
+      owner,
+      socketPath: target.socketPath,
+      mountpoints: plan.all ? [] : plan.mountpoints,
+      frozenAt: new Date(frozenAtMs).toISOString(),
+      expiresAt: new Date(frozenAtMs + maxDurationSeconds * 1000).toISOString(),
+    };
+    await store.write(lease);
+    let hold: WatchdogHold | undefined;
+    if (request.thawOnDisconnect ?? true) {
+      try {
+        hold = await holdWindow(target, windowId, leaseFileName(target.socketPath), pool, signal);
+      } catch (err) {
+        await store.remove(target.socketPath);
+        throw err;
+      }
+    }
+    // 6. Freeze. From here on, every failure thaws before it is reported.
+    const failed = async (err: unknown, what: string): Promise<unknown> => {
+      const { error, thawed } = await thawAfterFailure(target, session, request.timeouts, deps, err, what);
+      if (thawed) {
+        await store.remove(target.socketPath);
+        await hold?.disarm();
+      } else {
+        // Could not thaw: keep the lease and let the hold go, so the watchdog keeps trying until the agent answers.
+        hold?.drop();
+      }
+      return error;
+    };
     let count: number;
     try {
       const options = { signal, timeoutMs: t.freezeSeconds * 1000 };
       count = plan.all ? await fsfreezeFreezeAll(session, options) : await fsfreezeFreezeList(session, plan.mountpoints, options);
     } catch (err) {
-      throw await thawAfterFailure(target, session, request.timeouts, deps, err, "the freeze command failed");
+      throw await failed(err, "the freeze command failed");
     }
     const freezeMs = now() - frozenAtMs;
     try {
-      // 5. Verify: the count must match the selection and the agent must say frozen.
+      // 7. Verify: the count must match the selection and the agent must say frozen.
       const status = await fsfreezeStatus(session, { signal });
       if (count !== plan.mountpoints.length || status !== "frozen") {
         throw new QuiesceError(
@@ -281,37 +335,26 @@ export async function createWindow(request: CreateWindowRequest, deps: Lifecycle
           { target: label, expected: plan.mountpoints.length, got: count, status },
         );
       }
-      // 6. Lease.
-      const lease: LeaseRecord = {
-        version: 1,
-        windowId,
-        owner,
-        socketPath: target.socketPath,
-        mountpoints: plan.all ? [] : plan.mountpoints,
-        frozenAt: new Date(frozenAtMs).toISOString(),
-        expiresAt: new Date(frozenAtMs + maxDurationSeconds * 1000).toISOString(),
-      };
-      await store.write(lease);
-      return {
-        windowId,
-        owner,
-        frozenMountpoints: plan.mountpoints,
-        frozenCount: count,
-        frozenAt: lease.frozenAt,
-        expiresAt: lease.expiresAt,
-        agentVersion: info.version,
-        filesystems,
-        freezeMs,
-      };
     } catch (err) {
-      throw await thawAfterFailure(target, session, request.timeouts, deps, err, "verifying or recording the freeze failed");
+      throw await failed(err, "verifying the freeze failed");
     }
+    return {
+      windowId,
+      owner,
+      frozenMountpoints: plan.mountpoints,
+      frozenCount: count,
+      frozenAt: lease.frozenAt,
+      expiresAt: lease.expiresAt,
+      agentVersion: info.version,
+      filesystems,
+      freezeMs,
+    };
   });
 }
 
 /**
- * Thaws after a failed create and returns the error to throw: the original one when the thaw worked,
- * or one that says loudly that the guest may still be frozen.
+ * Thaws after a failed create. Returns the error to throw (the original one when the thaw worked, else one
+ * that says loudly the guest may still be frozen) and whether the guest is known to be thawed.
  */
 async function thawAfterFailure(
   target: AgentTarget,
@@ -320,7 +363,7 @@ async function thawAfterFailure(
   deps: LifecycleDeps,
   cause: unknown,
   what: string,
-): Promise<unknown> {
+): Promise<{ error: unknown; thawed: boolean }> {
   const t = resolved(timeouts);
   const label = targetLabel(target);
   // No abort signal here: the thaw must run even when the caller gave up.
@@ -339,21 +382,29 @@ async function thawAfterFailure(
         fresh.close();
       }
     }
-    if (status === "thawed") return cause;
-    return new QuiesceError(
-      "FREEZE_MISMATCH",
-      `${label}: ${what}, and after a thaw the agent still reports "${status}". THE GUEST MAY BE FROZEN: run \`quiesce status\`.`,
-      { target: label },
-      { cause },
-    );
+    if (status === "thawed") return { error: cause, thawed: true };
+    return {
+      thawed: false,
+      error: new QuiesceError(
+        "FREEZE_MISMATCH",
+        `${label}: ${what}, and after a thaw the agent still reports "${status}". The watchdog keeps trying to thaw ` +
+          "until the lease deadline; check with `quiesce status`.",
+        { target: label },
+        { cause },
+      ),
+    };
   } catch (thawErr) {
-    return new QuiesceError(
-      isQuiesceError(cause) ? cause.code : "FREEZE_MISMATCH",
-      `${label}: ${what} (${(cause as Error).message}), and the thaw that followed failed too (${(thawErr as Error).message}). ` +
-        "THE GUEST MAY BE FROZEN: run `quiesce status` and `quiesce thaw --force` once the agent answers.",
-      { target: label, thawError: (thawErr as Error).message },
-      { cause: new AggregateError([cause, thawErr], "freeze failure, then thaw failure") },
-    );
+    return {
+      thawed: false,
+      error: new QuiesceError(
+        isQuiesceError(cause) ? cause.code : "FREEZE_MISMATCH",
+        `${label}: ${what} (${(cause as Error).message}), and the thaw that followed failed too (${(thawErr as Error).message}). ` +
+          "THE GUEST MAY BE FROZEN. The host's watchdog keeps trying to thaw it as soon as the agent answers; " +
+          "check with `quiesce status`.",
+        { target: label, thawError: (thawErr as Error).message },
+        { cause: new AggregateError([cause, thawErr], "freeze failure, then thaw failure") },
+      ),
+    };
   }
 }
 
@@ -379,8 +430,13 @@ export async function releaseWindow(request: ReleaseRequest, deps: LifecycleDeps
   return withSession(target, request.timeouts, deps, request.signal, async (session) => {
     const agentStatus = await fsfreezeStatus(session);
     const lease = await store.read(target.socketPath);
-    const state = classify(lease, agentStatus, windowId, now());
-    if (lease?.windowId !== windowId) return { outcome: state as ReleaseResult["outcome"], thawedCount: 0, lease, agentStatus };
+    const ended = lease ? undefined : await store.readEnded(target.socketPath);
+    const state = classify(lease, agentStatus, windowId, now(), ended);
+    if (lease?.windowId !== windowId) {
+      // Nothing of ours to thaw; a hold this process still has would only thaw someone else's lease-less guest.
+      heldHere(windowId)?.drop();
+      return { outcome: state as ReleaseResult["outcome"], thawedCount: 0, lease, agentStatus };
+    }
     const heldMs = now() - Date.parse(lease.frozenAt);
     let thawedCount = 0;
     if (agentStatus === "frozen") {
@@ -395,6 +451,7 @@ export async function releaseWindow(request: ReleaseRequest, deps: LifecycleDeps
       }
     }
     await store.remove(target.socketPath);
+    await heldHere(windowId)?.disarm();
     return {
       outcome: state === "held" ? "released" : (state as ReleaseResult["outcome"]),
       heldMs,

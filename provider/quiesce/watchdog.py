@@ -107,6 +107,7 @@ class Watchdog:
         self.sock_path = os.path.join(dirpath, "watchdog.sock")
         self.holders = {}      # connection -> {windowId: leaseFile}
         self.buffers = {}
+        self.pending = {}      # lease file -> window id, disconnect thaws to retry
         self.last_busy = time.time()
 
     def bind(self):
@@ -134,7 +135,7 @@ class Watchdog:
         path = os.path.join(self.dir, lease_file)
         lease = read_json(path)
         if not lease or lease.get("windowId") != window_id:
-            return
+            return True
         agent = None
         try:
             agent = Agent(lease["socketPath"])
@@ -142,7 +143,7 @@ class Watchdog:
             # Re-read under the agent channel: nobody else can change the guest's freeze meanwhile.
             lease = read_json(path)
             if not lease or lease.get("windowId") != window_id:
-                return
+                return True
             thawed = agent.execute("guest-fsfreeze-thaw")
             status = agent.execute("guest-fsfreeze-status")
             write_json_atomic(path[: -len(".json")] + ".ended.json", {
@@ -151,8 +152,10 @@ class Watchdog:
             })
             os.unlink(path)
             log(self.dir, "window %s ended (%s): thawed %s, status %s" % (window_id, how, thawed, status))
+            return True
         except Exception as e:  # noqa: BLE001 - logged, and retried on the next scan while the lease remains
             log(self.dir, "window %s: thaw (%s) failed, will retry: %r" % (window_id, how, e))
+            return False
         finally:
             if agent:
                 agent.close()
@@ -160,6 +163,10 @@ class Watchdog:
     def scan(self):
         now = time.time()
         any_lease = False
+        # Thaws owed to holders that went away but could not be done yet (agent busy or not answering).
+        for lease_file, window_id in list(self.pending.items()):
+            if self.end_window(lease_file, window_id, "disconnected"):
+                del self.pending[lease_file]
         for name in os.listdir(self.dir):
             if not name.endswith(".json") or name.endswith(".ended.json"):
                 continue
@@ -174,7 +181,7 @@ class Watchdog:
                 continue
             if expires <= now:
                 self.end_window(name, lease["windowId"], "expired")
-        if any_lease or self.holders:
+        if any_lease or self.holders or self.pending:
             self.last_busy = now
 
     def on_line(self, conn, line):
@@ -197,7 +204,8 @@ class Watchdog:
         self.buffers.pop(conn, None)
         conn.close()
         for window_id, lease_file in windows.items():
-            self.end_window(lease_file, window_id, "disconnected")
+            if not self.end_window(lease_file, window_id, "disconnected"):
+                self.pending[lease_file] = window_id
 
     def serve(self, server):
         conns = []
@@ -222,6 +230,8 @@ class Watchdog:
                 while b"\n" in self.buffers[r]:
                     line, self.buffers[r] = self.buffers[r].split(b"\n", 1)
                     self.on_line(r, line.decode("utf-8", "replace"))
+            if not os.path.isdir(self.dir):
+                return  # the lease directory was removed: nothing left to watch
             self.scan()
             if not conns and time.time() - self.last_busy > IDLE_EXIT:
                 log(self.dir, "idle, exiting")

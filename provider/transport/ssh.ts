@@ -270,7 +270,11 @@ export class SshPool {
    * @throws QuiesceError SOCKET_MISSING, SOCKET_NOT_A_SOCKET, STREAMLOCAL_REFUSED, SOCKET_UNREACHABLE, or any
    *   connect error (SSH_AUTH_FAILED, SSH_HOST_KEY_*, SSH_CONNECT_TIMEOUT, SSH_CONNECTION_REFUSED, ...).
    */
-  async openAgentChannel(config: SshConnectionConfig, socketPath: string, options: OpenOptions = {}): Promise<AgentChannel> {
+  async openAgentChannel(
+    config: SshConnectionConfig,
+    socketPath: string,
+    options: OpenOptions & { /** Probe the host to explain a refused channel (costs an exec). Default true. */ diagnose?: boolean } = {},
+  ): Promise<AgentChannel> {
     const target = `${sshLabel(config)}:${socketPath}`;
     if (!socketPath.startsWith("/")) {
       throw new QuiesceError(
@@ -293,6 +297,9 @@ export class SshPool {
       );
     } catch (err) {
       if (isQuiesceError(err)) throw err;
+      if (options.diagnose === false) {
+        throw new QuiesceError("SOCKET_UNREACHABLE", `${target}: the SSH server refused a channel to ${socketPath}`, { target, socketPath }, { cause: err });
+      }
       throw await this.diagnoseOpenFailure(connection, config, socketPath, target, err);
     }
     connection.track(stream);

@@ -40,6 +40,8 @@ export interface FakeFaults {
   garbage?: Buffer;
   /** Send an endless line (no newline) to the next client instead of answering. */
   endlessLine?: boolean;
+  /** Carry out this command, then stop answering (its reply and everything after queue until resume()). */
+  hangAfterCommand?: string;
   /** Report this count from freeze/freeze-list instead of the real one (a lying or buggy agent). */
   reportCount?: number;
 }
@@ -111,6 +113,7 @@ export class FakeAgent {
   private queued: string[] = [];
   private working = false;
   private garbageSent = false;
+  private hangingReply = false;
   /** Number of client connections accepted so far. */
   connections = 0;
 
@@ -244,6 +247,12 @@ export class FakeAgent {
   }
 
   private reply(value: unknown, delimited = false): void {
+    if (this.hangingReply) {
+      // The agent hung right after acting: this reply waits, like the commands behind it, for resume().
+      this.hangingReply = false;
+      this.faults.silent = true;
+      return;
+    }
     const text = Buffer.from(JSON.stringify(value) + "\n", "utf8");
     const bytes = delimited ? Buffer.concat([Buffer.of(0xff), text]) : text;
     // An agent stuck sending an endless line never gets to its replies.
@@ -271,6 +280,10 @@ export class FakeAgent {
     const command = typeof request.execute === "string" ? request.execute : "";
     const args = request.arguments ?? {};
     this.log.push(command);
+    if (this.faults.hangAfterCommand === command) {
+      this.faults.hangAfterCommand = undefined;
+      this.hangingReply = true;
+    }
     if (this.faults.dieOnCommand === command) {
       this.active?.destroy();
       return;

@@ -58,8 +58,9 @@ flock -w 900 9 || die "timed out waiting for another build of $lab_dir"
 started=$SECONDS
 
 # ---- kernel ----------------------------------------------------------------------------------------
-kernel_stamp_key() {
-  # The kernel package name is the input; it only changes when Debian publishes a new ABI.
+# Once downloaded, the kernel stays cached (its stamp holds the package name): a newer Debian kernel ABI
+# is picked up only after removing kernel.stamp, so the lab never changes under the tests by itself.
+resolve_kernel_package() {
   apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
 }
 
@@ -89,7 +90,7 @@ if [[ -f "$lab_dir/kernel.stamp" && -f "$lab_dir/kernel/vmlinuz" && -f "$lab_dir
   kernel_pkg="$(cat "$lab_dir/kernel.stamp")"
 else
   need apt-get apt-cache dpkg
-  kernel_pkg="$(kernel_stamp_key)"
+  kernel_pkg="$(resolve_kernel_package)"
   [[ -n "$kernel_pkg" ]] || die "apt-cache cannot resolve linux-image-amd64; run apt-get update (.ci/install-lab-deps.sh)"
   log "downloading $kernel_pkg"
   rm -rf "$lab_dir/kernel" "$lab_dir/kernel.tmp"

@@ -116,6 +116,7 @@ test("a copy of the /data image taken while frozen is consistent", async () => {
   });
   const report = await inspectDataImage(copy);
   fs.rmSync(copy);
+  expect(report.consistent).toBe(true);
   expect(report.needsRecovery).toBe(false);
   expect(report.fsck.exitCode).toBe(0);
   expect(report.loggedWrites.length).toBeGreaterThan(0);

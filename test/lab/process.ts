@@ -38,14 +38,7 @@ let exitHookInstalled = false;
 /** Kills what is still running when the test process exits without stopping the lab. */
 function exitHook(): void {
   for (const child of tracked) {
-    if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
-      try {
-        process.kill(child.pid, "SIGKILL");
-      } catch (error) {
-        // ESRCH: it ended between the check and the kill; that is the outcome we wanted.
-        if ((error as NodeJS.ErrnoException).code !== "ESRCH") throw error;
-      }
-    }
+    if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) signalIfAlive(child.pid, "SIGKILL");
   }
 }
 
@@ -81,6 +74,15 @@ export function spawnTracked(command: string, args: readonly string[], options: 
   }
   track(child);
   return child;
+}
+
+/** Sends a signal to a PID the lab started (or that descends from one); a PID already gone is fine. */
+export function signalIfAlive(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(pid, signal);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ESRCH") throw error;
+  }
 }
 
 /** True while the child has neither exited nor been killed. */
@@ -139,7 +141,7 @@ export async function runCommand(
   options: RunOptions,
 ): Promise<{ exitCode: number; stdout: string; stderr: string }> {
   const child = spawnTracked(command, args, {
-    stdio: ["pipe", "pipe", "pipe"],
+    stdio: [options.input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
     cwd: options.cwd,
     env: options.env ?? process.env,
   });
@@ -147,8 +149,12 @@ export async function runCommand(
   const stderr: Buffer[] = [];
   child.stdout?.on("data", (chunk: Buffer) => stdout.push(chunk));
   child.stderr?.on("data", (chunk: Buffer) => stderr.push(chunk));
-  child.stdin?.end(options.input ?? "");
   const exited = new Promise<number>((resolve, reject) => {
+    child.stdin?.on("error", (error: NodeJS.ErrnoException) => {
+      // EPIPE: the command exited without reading all its input; its exit code tells the outcome.
+      if (error.code !== "EPIPE") reject(error);
+    });
+    child.stdin?.end(options.input);
     child.once("error", reject);
     // A child killed by a signal reports it the shell's way, 128 + signal number.
     child.once("close", (code, signal) => resolve(code ?? 128 + (signal ? osSignals[signal] : 0)));

@@ -9,7 +9,8 @@ import * as path from "node:path";
 import { createHash, createHmac, randomBytes } from "node:crypto";
 import { ChildProcess } from "node:child_process";
 import { createRunDir } from "./rundir";
-import { LabError, delay, isRunning, run, spawnTracked, stopProcess, tail } from "./process";
+import { descendants } from "./descendants";
+import { LabError, delay, isRunning, run, signalIfAlive, spawnTracked, stopProcess, tail } from "./process";
 
 /** A running lab sshd. Every path is absolute. */
 export interface LabSshd {
@@ -46,7 +47,10 @@ export interface LabSshd {
   acceptedConnections(): number;
   /** Sends a signal to the listening sshd, e.g. SIGSTOP to simulate a silent dead server (SIGCONT resumes). */
   kill(signal: NodeJS.Signals): void;
-  /** Stops sshd by its PID (SIGTERM + SIGCONT, then SIGKILL) and removes the run dir unless kept. Idempotent. */
+  /**
+   * Stops sshd by its PID (SIGTERM + SIGCONT, then SIGKILL), after sending SIGTERM to its per-connection
+   * processes, and removes the run dir unless kept. Idempotent.
+   */
   stop(): Promise<void>;
 }
 
@@ -90,7 +94,12 @@ export async function startSshd(options: StartSshdOptions = {}): Promise<LabSshd
   let stopped: Promise<void> | undefined;
   const stop = (): Promise<void> =>
     (stopped ??= (async () => {
-      if (sshd) await stopProcess(sshd);
+      if (sshd) {
+        // Stopping the listener leaves its per-connection processes (and what they run) alive, as with
+        // any sshd; they are ours too, so end them first, while they can still be found under it.
+        for (const pid of sshd.pid !== undefined && isRunning(sshd) ? descendants(sshd.pid) : []) signalIfAlive(pid, "SIGTERM");
+        await stopProcess(sshd);
+      }
       if (!keepRunDir) fs.rmSync(runDir, { recursive: true, force: true });
     })());
 
