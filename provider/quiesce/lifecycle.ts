@@ -159,7 +159,11 @@ export async function openSession(
   signal?: AbortSignal,
 ): Promise<AgentSession> {
   const t = resolved(timeouts);
-  const channel = await dialerFor(target.connection, deps.pool ?? defaultSshPool)(target.socketPath, { signal });
+  // Other clients of the same guest are served one at a time: wait for our turn as long as for an answer.
+  const channel = await dialerFor(target.connection, deps.pool ?? defaultSshPool)(target.socketPath, {
+    signal,
+    busyTimeoutMs: t.agentSeconds * 1000,
+  });
   return AgentSession.open(channel.stream, {
     target: channel.target,
     syncTimeoutMs: t.agentSeconds * 1000,

@@ -3,13 +3,28 @@
  */
 import * as net from "node:net";
 import { QuiesceError, abortError } from "../errors";
-import type { AgentChannel, AgentDialer, OpenOptions } from "./types";
+import { busyBackoff, DEFAULT_BUSY_TIMEOUT_MS, type AgentChannel, type AgentDialer, type OpenOptions } from "./types";
 
 /** Default time to wait for a local connect, in milliseconds (5 s). */
 export const DEFAULT_LOCAL_CONNECT_TIMEOUT_MS = 5_000;
 
-/** Opens the UNIX socket `socketPath` on this machine. Errors: SOCKET_MISSING, SOCKET_NOT_A_SOCKET, SOCKET_UNREACHABLE. */
-export const openLocalChannel: AgentDialer = (socketPath: string, options: OpenOptions = {}): Promise<AgentChannel> => {
+/**
+ * Opens the UNIX socket `socketPath` on this machine, retrying while its accept queue is full (EAGAIN).
+ * Errors: SOCKET_MISSING, SOCKET_NOT_A_SOCKET, SOCKET_UNREACHABLE.
+ */
+export const openLocalChannel: AgentDialer = async (socketPath: string, options: OpenOptions = {}): Promise<AgentChannel> => {
+  const deadline = Date.now() + (options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await connectOnce(socketPath, options);
+    } catch (err) {
+      const busy = err instanceof QuiesceError && err.fields.errno === "EAGAIN";
+      if (!busy || !(await busyBackoff(attempt, deadline, options.signal))) throw err;
+    }
+  }
+};
+
+function connectOnce(socketPath: string, options: OpenOptions): Promise<AgentChannel> {
   const target = `local:${socketPath}`;
   const { signal } = options;
   if (signal?.aborted) return Promise.reject(abortError(signal, { target }));
@@ -47,7 +62,7 @@ export const openLocalChannel: AgentDialer = (socketPath: string, options: OpenO
       resolve({ stream: socket, target });
     });
   });
-};
+}
 
 function localSocketError(target: string, socketPath: string, err: NodeJS.ErrnoException): QuiesceError {
   const fields = { target, socketPath, errno: err.code };
@@ -66,6 +81,14 @@ function localSocketError(target: string, socketPath: string, err: NodeJS.ErrnoE
         "SOCKET_NOT_A_SOCKET",
         `${target}: ${socketPath} exists but nothing listens on it (${err.code}). ` +
           "Is it a stale socket of a stopped VM, or not a socket at all?",
+        fields,
+        { cause: err },
+      );
+    case "EAGAIN":
+      return new QuiesceError(
+        "SOCKET_UNREACHABLE",
+        `${target}: ${socketPath} keeps refusing connections: its accept queue is full, so other clients are using ` +
+          "the guest agent (it serves one at a time). Try again when they are done.",
         fields,
         { cause: err },
       );

@@ -16,7 +16,7 @@ import type { Duplex } from "node:stream";
 import { Client, utils, type AuthenticationType, type ClientChannel, type ConnectConfig, type ParsedKey, type SFTPWrapper } from "ssh2";
 import { QuiesceError, abortError, isQuiesceError } from "../errors";
 import { createHostVerifier, type HostKeyVerifier } from "./hostKey";
-import type { AgentChannel, OpenOptions } from "./types";
+import { busyBackoff, DEFAULT_BUSY_TIMEOUT_MS, type AgentChannel, type OpenOptions } from "./types";
 
 /** SSH connection settings, shaped like @pulumi/command's `remote.Connection` plus host key options. */
 export interface SshConnectionConfig {
@@ -54,7 +54,7 @@ export interface SshPoolOptions {
   readonly idleTimeoutMs?: number;
   /** Milliseconds between SSH keepalive probes. Default 1000 (1 s). */
   readonly keepaliveIntervalMs?: number;
-  /** Unanswered keepalives before the connection is declared dead. Default 3 (so ~4 s). */
+  /** Unanswered keepalives before the connection is declared dead. Default 5 (so ~6 s; fewer misfire on a loaded host). */
   readonly keepaliveCountMax?: number;
 }
 
@@ -261,7 +261,7 @@ export class SshPool {
     this.options = {
       idleTimeoutMs: options.idleTimeoutMs ?? 5_000,
       keepaliveIntervalMs: options.keepaliveIntervalMs ?? 1_000,
-      keepaliveCountMax: options.keepaliveCountMax ?? 3,
+      keepaliveCountMax: options.keepaliveCountMax ?? 5,
     };
   }
 
@@ -284,23 +284,51 @@ export class SshPool {
         { field: "socketPath", target },
       );
     }
-    const connection = await this.connection(config, options.signal);
-    let stream: ClientChannel;
-    try {
-      stream = await this.withTimeout(
-        new Promise<ClientChannel>((resolve, reject) =>
-          connection.client.openssh_forwardOutStreamLocal(socketPath, (err, channel) => (err ? reject(err) : resolve(channel))),
-        ),
-        (config.perDialTimeout ?? DEFAULT_PER_DIAL_TIMEOUT_S) * 1000,
-        options.signal,
-        target,
-      );
-    } catch (err) {
-      if (isQuiesceError(err)) throw err;
-      if (options.diagnose === false) {
-        throw new QuiesceError("SOCKET_UNREACHABLE", `${target}: the SSH server refused a channel to ${socketPath}`, { target, socketPath }, { cause: err });
+    const deadline = Date.now() + (options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS);
+    let stream: ClientChannel | undefined;
+    let diagnosis: QuiesceError | undefined;
+    let connection = await this.connection(config, options.signal);
+    for (let attempt = 0; !stream; attempt++) {
+      // The connection may have died while we waited for the socket: each attempt takes a live one.
+      if (connection.closed) connection = await this.connection(config, options.signal);
+      try {
+        let abandoned = false;
+        const opening = new Promise<ClientChannel>((resolve, reject) =>
+          connection.client.openssh_forwardOutStreamLocal(socketPath, (err, channel) => {
+            if (err) return reject(err);
+            // Opened after we gave up on it: close it at once, or it would hold the agent (one client at a time).
+            if (abandoned) return channel.close();
+            resolve(channel);
+          }),
+        );
+        stream = await this.withTimeout(opening, (config.perDialTimeout ?? DEFAULT_PER_DIAL_TIMEOUT_S) * 1000, options.signal, target).catch(
+          (err: unknown) => {
+            abandoned = true;
+            throw err;
+          },
+        );
+      } catch (err) {
+        // A slow open on a loaded host is worth another try while the busy deadline allows.
+        if (isQuiesceError(err, "SSH_CONNECT_TIMEOUT") && (await busyBackoff(attempt, deadline, options.signal))) continue;
+        if (isQuiesceError(err)) throw err;
+        if (options.diagnose === false) {
+          throw new QuiesceError("SOCKET_UNREACHABLE", `${target}: the SSH server refused a channel to ${socketPath}`, { target, socketPath }, { cause: err });
+        }
+        // A socket that exists may refuse only because its accept queue is full (the agent serves one client
+        // and queues very few), so retry until the busy deadline before blaming the server. The probe that
+        // tells the causes apart costs an exec: run it once, and only if a few quick retries did not help.
+        const retry = attempt < 3 || diagnosis?.code === "STREAMLOCAL_REFUSED";
+        if (retry && (await busyBackoff(attempt, deadline, options.signal))) continue;
+        diagnosis ??= await this.diagnoseOpenFailure(connection, config, socketPath, target, err);
+        if (diagnosis.fields.probeFailed === true) {
+          // The probe itself failed (a loaded host, a dropped connection): no conclusion yet, keep trying.
+          const inconclusive = diagnosis;
+          diagnosis = undefined;
+          if (await busyBackoff(attempt, deadline, options.signal)) continue;
+          throw inconclusive;
+        }
+        if (diagnosis.code !== "STREAMLOCAL_REFUSED" || !(await busyBackoff(attempt, deadline, options.signal))) throw diagnosis;
       }
-      throw await this.diagnoseOpenFailure(connection, config, socketPath, target, err);
     }
     connection.track(stream);
     return { stream, target };
@@ -417,7 +445,7 @@ export class SshPool {
         `${target}: the SSH server refused a channel to the agent socket, and probing the host failed too ` +
           `(${(probeErr as Error).message}). Causes: the socket is missing, AllowStreamLocalForwarding is off in ` +
           "sshd_config, or the key is `restrict`ed in authorized_keys.",
-        { target, socketPath },
+        { target, socketPath, probeFailed: true },
         { cause },
       );
     }
@@ -443,9 +471,10 @@ export class SshPool {
     if (answer === "socket") {
       return new QuiesceError(
         "STREAMLOCAL_REFUSED",
-        `${target}: ${socketPath} is a socket, but the SSH server refused to forward to it. Set ` +
-          "`AllowStreamLocalForwarding yes` (or `local`) in sshd_config for this user, and check that the key is not " +
-          "`restrict`ed (or add `port-forwarding`) in authorized_keys. The server log says which.",
+        `${target}: ${socketPath} is a socket, but the SSH server refused to forward to it. Either streamlocal ` +
+          "forwarding is off (set `AllowStreamLocalForwarding yes` or `local` in sshd_config, and check that the key is not " +
+          "`restrict`ed, or add `port-forwarding` in authorized_keys), or the socket stayed busy: other clients were " +
+          "using the guest agent, which serves one at a time. The server log says which.",
         fields,
         { cause },
       );

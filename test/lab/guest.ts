@@ -104,6 +104,8 @@ export interface StartGuestOptions {
   data2Serial?: string | null;
   /** Boot plus agent handshake budget, in milliseconds (default 90 000; a boot takes 3–9 s under TCG). */
   bootTimeoutMs?: number;
+  /** Let a guest reboot (system_reset, or a reboot inside) restart it instead of ending QEMU (default false: -no-reboot). */
+  allowReboot?: boolean;
   /** Keep the run dir after stop() (also with env QUIESCE_LAB_KEEP=1). */
   keepRunDir?: boolean;
   signal?: AbortSignal;
@@ -163,7 +165,7 @@ export async function startGuest(options: StartGuestOptions = {}): Promise<LabGu
     if (options.loadIntervalMs !== undefined) append.push(`quiesce.load_ms=${Math.max(0, Math.round(options.loadIntervalMs))}`);
     const args = [
       "-accel", "tcg", "-m", "256", "-smp", "1",
-      "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+      "-nodefaults", "-no-user-config", "-display", "none", ...(options.allowReboot ? [] : ["-no-reboot"]),
       "-kernel", build.kernel, "-initrd", build.initramfs, "-append", append.join(" "),
       // The serial console is QEMU's stdout: the lab reads init's marker lines from the stream.
       "-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console",

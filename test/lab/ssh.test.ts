@@ -208,7 +208,7 @@ describe("agent socket diagnosis", () => {
   test("streamlocal forwarding disabled on the server is STREAMLOCAL_REFUSED", async () => {
     const closed = await startSshd({ allowStreamLocalForwarding: false });
     try {
-      const err = await failure(newPool().openAgentChannel(config({}, closed), lab().guest.socketPath));
+      const err = await failure(newPool().openAgentChannel(config({}, closed), lab().guest.socketPath, { busyTimeoutMs: 1_000 }));
       expect(err.code).toBe("STREAMLOCAL_REFUSED");
       expect(err.message).toMatch(/AllowStreamLocalForwarding/);
     } finally {

@@ -1,0 +1,182 @@
+/**
+ * Freeze safety, proven by fault injection against the real guest (qemu-ga, write load) over the real sshd:
+ * no freeze outlives its lease, its process or its owner. Each case ends with the agent thawed, the lease
+ * gone and the guest's writers resumed. Measured figures are printed at the end (README, "Reliability").
+ */
+import { spawn } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { createWindow, releaseWindow, windowStatus, type AgentTarget } from "../../provider/quiesce/lifecycle";
+import { endedFileName, leaseFileName } from "../../provider/quiesce/lease";
+import { createRelease, deleteWindow, readWindow, type WindowOutputs } from "../../provider/dynamic/window";
+import { SshPool, type SshConnectionConfig } from "../../provider/transport/ssh";
+import { isQuiesceError } from "../../provider/errors";
+import { waitForFile } from "../fake/waitForFile";
+import { descendants } from "./descendants";
+import { startSshd, withAgentProbe, type LabSshd } from "./lab";
+import { useLab } from "./shared";
+
+const lab = useLab({ guest: { load: true, allowReboot: true }, sshd: { extraConfig: "MaxStartups 100" } });
+const repoRoot = path.resolve(__dirname, "../..");
+const pool = new SshPool();
+const figures: Record<string, number | string> = {};
+afterAll(() => {
+  pool.closeAll();
+  console.log(`QUIESCE-FAULT-FIGURES ${JSON.stringify(figures)}`);
+});
+
+function connection(sshd: LabSshd = lab().sshd): SshConnectionConfig {
+  return { host: sshd.host, port: sshd.port, user: "root", privateKey: sshd.privateKey, knownHostsPath: sshd.knownHostsPath };
+}
+let caseNo = 0;
+/** A fresh lease directory per case, so each case's ended record is its own. */
+function target(sshd?: LabSshd): AgentTarget {
+  return { connection: connection(sshd), socketPath: lab().guest.socketPath, leaseDir: path.join(lab().guest.runDir, `leases-${++caseNo}`) };
+}
+const endedPath = (t: AgentTarget): string => path.join(t.leaseDir as string, endedFileName(t.socketPath));
+const leasePath = (t: AgentTarget): string => path.join(t.leaseDir as string, leaseFileName(t.socketPath));
+
+async function loadCount(): Promise<number> {
+  const log = await withAgentProbe(lab().guest.socketPath, (probe) => probe.readFile("/data/load/log"));
+  return log.toString("utf8").split("\n").filter(Boolean).length;
+}
+
+/** The guest is thawed, the lease gone, and the in-guest writer makes progress again. */
+async function expectSettled(t: AgentTarget): Promise<void> {
+  const report = await windowStatus(t, { timeouts: { agentSeconds: 30 } });
+  expect(report.agentStatus).toBe("thawed");
+  expect(report.lease).toBeUndefined();
+  expect(fs.existsSync(leasePath(t))).toBe(false);
+  const before = await loadCount();
+  const deadline = Date.now() + 30_000;
+  let after = before;
+  // Bounded: each read is a real agent round trip; the writer appends a line every few hundred ms.
+  while (after <= before && Date.now() < deadline) after = await loadCount();
+  expect(after).toBeGreaterThan(before);
+}
+
+test("the freezing process is SIGKILLed right after create: thawed within 2 s (thawOnDisconnect)", async () => {
+  const t = target();
+  const script = `
+    const { createWindow } = require("./dist/provider/quiesce/lifecycle");
+    createWindow(JSON.parse(process.argv[1])).then(
+      (w) => console.log(JSON.stringify(w)),
+      (e) => { console.error(e); process.exit(1); });`;
+  const child = spawn(process.execPath, ["-e", script, JSON.stringify({ target: t, mountpoints: ["/data"] })], {
+    cwd: repoRoot,
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const windowId = await new Promise<string>((resolve, reject) => {
+    child.stdout.once("data", (d: Buffer) => resolve((JSON.parse(d.toString()) as { windowId: string }).windowId));
+    child.once("exit", (code) => reject(new Error(`child exited ${code} before creating the window`)));
+  });
+  const killedAt = Date.now();
+  child.kill("SIGKILL");
+  const ended = JSON.parse(await waitForFile(endedPath(t), 30_000)) as { windowId: string; how: string };
+  const thawMs = Date.now() - killedAt;
+  figures.killedProcessThawMs = thawMs;
+  expect(ended).toMatchObject({ windowId, how: "disconnected" });
+  expect(thawMs).toBeLessThan(2_000);
+  await expectSettled(t);
+}, 120_000);
+
+test("the SSH connection is cut mid-window (sshd child killed): thawed within 2 s", async () => {
+  const sshd = await startSshd();
+  const ownPool = new SshPool();
+  try {
+    const t = target(sshd);
+    const w = await createWindow({ target: t, mountpoints: ["/data"] }, { pool: ownPool });
+    const cutAt = Date.now();
+    for (const pid of descendants(sshd.pid)) process.kill(pid, "SIGKILL");
+    const ended = JSON.parse(await waitForFile(endedPath(t), 30_000)) as { windowId: string; how: string };
+    figures.cutConnectionThawMs = Date.now() - cutAt;
+    expect(ended).toMatchObject({ windowId: w.windowId, how: "disconnected" });
+    expect(figures.cutConnectionThawMs).toBeLessThan(2_000);
+    await expectSettled(target());
+  } finally {
+    ownPool.closeAll();
+    await sshd.stop();
+  }
+}, 120_000);
+
+test("nobody releases: thawed within 1 s after the deadline; a later release fails loudly; delete succeeds", async () => {
+  const t = target();
+  const w = await createWindow({ target: t, mountpoints: ["/data"], maxDurationSeconds: 3, thawOnDisconnect: false }, { pool });
+  await waitForFile(endedPath(t), 30_000);
+  const lateMs = Date.now() - Date.parse(w.expiresAt);
+  figures.deadlineThawLateMs = lateMs;
+  expect(lateMs).toBeLessThan(1_000);
+  const release = await createRelease({ windowId: w.windowId, connection: t.connection, socketPath: t.socketPath, leaseDir: t.leaseDir }).catch(
+    (e: unknown) => e,
+  );
+  expect(isQuiesceError(release, "LEASE_EXPIRED")).toBe(true);
+  expect((release as Error).message).toMatch(/MAY BE INCONSISTENT/);
+  const props = { ...t, mountpoints: ["/data"], windowId: w.windowId } as unknown as WindowOutputs;
+  await deleteWindow(w.windowId, props);
+  await expectSettled(t);
+}, 120_000);
+
+test("the guest reboots while frozen: status, read and delete report it correctly", async () => {
+  const t = target();
+  const w = await createWindow({ target: t, mountpoints: ["/data"], thawOnDisconnect: false }, { pool });
+  await lab().guest.qmp("system_reset");
+  // The agent is gone while the guest boots; wait (bounded) until it answers again.
+  const deadline = Date.now() + 120_000;
+  let report: Awaited<ReturnType<typeof windowStatus>> | undefined;
+  while (!report && Date.now() < deadline) {
+    report = await windowStatus(t, { windowId: w.windowId, timeouts: { agentSeconds: 3 } }).catch((e: unknown) => {
+      if (isQuiesceError(e, "AGENT_TIMEOUT", "AGENT_INTERRUPTED")) return undefined;
+      throw e;
+    });
+  }
+  expect(report).toMatchObject({ agentStatus: "thawed", state: "thawed-outside" });
+  const props = { ...t, mountpoints: ["/data"], windowId: w.windowId } as unknown as WindowOutputs;
+  const read = await readWindow(w.windowId, props);
+  expect(read.props).toMatchObject({ held: false, state: "thawed-outside" });
+  await deleteWindow(w.windowId, props);
+  await expectSettled(t);
+}, 240_000);
+
+test("20 concurrent creates on one guest from 20 processes: exactly one wins, the others name it, nobody thaws it", async () => {
+  const t = target();
+  const script = `
+    const { createWindow } = require("./dist/provider/quiesce/lifecycle");
+    createWindow(JSON.parse(process.argv[1])).then(
+      (w) => { console.log(JSON.stringify({ ok: true, windowId: w.windowId })); process.exit(0); },
+      (e) => { console.log(JSON.stringify({ ok: false, code: e.code, message: e.message })); process.exit(0); });`;
+  const request = { target: t, mountpoints: ["/data"], thawOnDisconnect: false, maxDurationSeconds: 300, timeouts: { agentSeconds: 150 } };
+  const results = await Promise.all(
+    Array.from(
+      { length: 20 },
+      (_, i) =>
+        new Promise<{ ok: boolean; windowId?: string; code?: string; message?: string }>((resolve, reject) => {
+          const child = spawn(process.execPath, ["-e", script, JSON.stringify({ ...request, owner: `racer-${i}` })], {
+            cwd: repoRoot,
+            stdio: ["ignore", "pipe", "inherit"],
+          });
+          let out = "";
+          child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+          child.once("exit", () => {
+            try {
+              resolve(JSON.parse(out.trim().split("\n").pop() ?? ""));
+            } catch (err) {
+              reject(new Error(`racer ${i} printed ${JSON.stringify(out)}`, { cause: err }));
+            }
+          });
+        }),
+    ),
+  );
+  const winners = results.filter((r) => r.ok);
+  if (winners.length !== 1) console.log(JSON.stringify(results, null, 1));
+  expect(winners).toHaveLength(1);
+  const winner = winners[0].windowId as string;
+  for (const loser of results.filter((r) => !r.ok)) {
+    expect(loser.code).toBe("ALREADY_FROZEN");
+    expect(loser.message).toContain(winner);
+  }
+  const report = await windowStatus(t, { windowId: winner });
+  expect(report).toMatchObject({ agentStatus: "frozen", state: "held" });
+  expect((await releaseWindow({ target: t, windowId: winner }, { pool })).outcome).toBe("released");
+  await expectSettled(t);
+}, 300_000);
+
