@@ -12,7 +12,8 @@ packages=(
   e2fsprogs         # mkfs.ext4 for the data images; e2fsck, dumpe2fs and debugfs to inspect copies
   openssh-server    # the lab sshd
   openssh-client    # ssh-keygen for the lab's keys; ssh in the smoke test
-  socat             # talking to the agent socket by hand (npm run lab), and a watchdog helper on hosts
+  socat             # talking to the agent socket by hand (npm run lab)
+  python3           # the watchdog (provider/quiesce/watchdog.py) runs on the host holding the agent sockets
   util-linux        # flock (build lock), setpriv (parent-death signal for lab processes)
   apt dpkg          # apt-get download, dpkg -x of the kernel package
 )

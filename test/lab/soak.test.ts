@@ -2,7 +2,7 @@
  * The soak: freeze → snapshot → release cycles against the real guest under its write load, on a guest of
  * its own (a reboot elsewhere would restart the guest's write counter). Every copy must be a consistent
  * filesystem, and the guest's own record of its writes must show nothing lost. QUIESCE_SOAK_CYCLES sets the
- * count (CI: 10; a full run: 200). Figures are printed for the README.
+ * count (default and CI: 30; a full run: 200). Figures are printed for the README.
  */
 import * as path from "node:path";
 import { createWindow, releaseWindow, windowStatus, type AgentTarget } from "../../provider/quiesce/lifecycle";
@@ -19,7 +19,7 @@ afterAll(() => {
 });
 
 test("freeze → snapshot → release cycles under write load: no error, every copy consistent, no write lost", async () => {
-  const cycles = Number(process.env.QUIESCE_SOAK_CYCLES ?? 10);
+  const cycles = Number(process.env.QUIESCE_SOAK_CYCLES ?? 30);
   const sshd = lab().sshd;
   const t: AgentTarget = {
     connection: { host: sshd.host, port: sshd.port, user: "root", privateKey: sshd.privateKey, knownHostsPath: sshd.knownHostsPath },

@@ -1,0 +1,314 @@
+#!/usr/bin/env node
+/**
+ * `quiesce`: the CLI for pipelines and break-glass use (DESIGN.md, "quiesce CLI"). A thin shell over
+ * provider/quiesce. Progress goes to stderr; `--json` prints exactly one JSON object on stdout.
+ * Exit codes: 0 success, 1 operation failure, 2 usage error.
+ */
+import { spawn } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import { Command, CommanderError } from "commander";
+import { QuiesceError, isQuiesceError } from "../errors";
+import {
+  createWindow,
+  forceThaw,
+  listFilesystems,
+  releaseWindow,
+  targetLabel,
+  windowStatus,
+  type AgentTarget,
+  type ReleaseResult,
+} from "../quiesce/lifecycle";
+import { describeFilesystems } from "../quiesce/plan";
+import { defaultSshPool, shellQuote, type SshConnectionConfig } from "../transport/ssh";
+
+/** Exit code of a usage error (bad or missing options). */
+export const EXIT_USAGE = 2;
+/** Exit code of an operation failure. */
+export const EXIT_FAILURE = 1;
+
+interface TargetOptions {
+  socket?: string;
+  local?: boolean;
+  host?: string;
+  port?: string;
+  user?: string;
+  identity?: string;
+  knownHosts?: string;
+  hostKey?: string;
+  insecureSkipHostKeyCheck?: boolean;
+  jump?: string;
+  leaseDir?: string;
+  timeout?: string;
+  json?: boolean;
+}
+
+class UsageError extends Error {}
+
+function progress(message: string): void {
+  process.stderr.write(`quiesce: ${message}\n`);
+}
+
+function parseNumber(value: string | undefined, name: string, min: number, max: number): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < min || n > max) throw new UsageError(`${name} must be a number from ${min} to ${max}; got ${JSON.stringify(value)}`);
+  return n;
+}
+
+function parseJump(spec: string, base: SshConnectionConfig): SshConnectionConfig {
+  const m = /^(?:([^@]+)@)?([^:]+)(?::(\d+))?$/.exec(spec);
+  if (!m) throw new UsageError(`--jump must look like user@host:port; got ${JSON.stringify(spec)}`);
+  return { ...base, user: m[1] ?? base.user, host: m[2], port: m[3] ? Number(m[3]) : 22, proxy: undefined };
+}
+
+/** Builds the agent target from the TARGET options. */
+export function targetFrom(o: TargetOptions): AgentTarget {
+  if (!o.socket) throw new UsageError("--socket PATH is required: the absolute path of the guest agent socket on the host");
+  if (!o.socket.startsWith("/")) {
+    throw new UsageError(`--socket must be an absolute path (e.g. /var/lib/vms/vm1/qga.sock); got ${JSON.stringify(o.socket)}`);
+  }
+  if (o.local && o.host) throw new UsageError("give either --local or --host, not both");
+  if (!o.local && !o.host) throw new UsageError("give --local (the socket is on this machine) or --host HOST");
+  if (o.leaseDir !== undefined && !o.leaseDir.startsWith("/")) throw new UsageError("--lease-dir must be an absolute path");
+  if (o.local) return { socketPath: o.socket, leaseDir: o.leaseDir };
+  const verifications = [o.knownHosts !== undefined, o.hostKey !== undefined, o.insecureSkipHostKeyCheck === true].filter(Boolean).length;
+  if (verifications > 1) throw new UsageError("give at most one of --known-hosts, --host-key and --insecure-skip-host-key-check");
+  let privateKey: string | undefined;
+  if (o.identity) {
+    try {
+      privateKey = fs.readFileSync(o.identity, "utf8");
+    } catch (err) {
+      throw new UsageError(`--identity ${o.identity}: cannot read the key file (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+    }
+  }
+  const connection: SshConnectionConfig = {
+    host: o.host as string,
+    port: parseNumber(o.port, "--port", 1, 65535),
+    user: o.user,
+    privateKey,
+    privateKeyPassword: process.env.QUIESCE_KEY_PASSPHRASE,
+    knownHostsPath: o.knownHosts,
+    hostKey: o.hostKey,
+    insecureSkipHostKeyCheck: o.insecureSkipHostKeyCheck === true ? true : undefined,
+  };
+  return { connection: o.jump ? { ...connection, proxy: parseJump(o.jump, connection) } : connection, socketPath: o.socket, leaseDir: o.leaseDir };
+}
+
+function timeouts(o: TargetOptions): { agentSeconds?: number } {
+  return { agentSeconds: parseNumber(o.timeout, "--timeout", 0.1, 3600) };
+}
+
+function withTargetOptions(cmd: Command): Command {
+  return cmd
+    .option("--socket <path>", "absolute path of the guest agent socket on the host")
+    .option("--local", "the socket is on this machine")
+    .option("--host <host>", "hypervisor host to reach over SSH")
+    .option("--port <n>", "SSH port (default 22)")
+    .option("--user <user>", "SSH user (default root)")
+    .option("--identity <file>", "private key file (passphrase from $QUIESCE_KEY_PASSPHRASE); default: ssh-agent")
+    .option("--known-hosts <file>", "known_hosts file to verify the host key (default ~/.ssh/known_hosts)")
+    .option("--host-key <key>", "pinned host key (ssh-ed25519 AAAA...) or SHA256: fingerprint")
+    .option("--insecure-skip-host-key-check", "accept any host key (explicit opt-in)")
+    .option("--jump <user@host:port>", "bastion to connect through")
+    .option("--lease-dir <dir>", "lease directory on the host (default /run/pulumi-quiesce)")
+    .option("--timeout <seconds>", "agent timeout in seconds (default 10)")
+    .option("--json", "print exactly one JSON object on stdout");
+}
+
+const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+function cliOwner(): string {
+  return `cli:${os.userInfo().username}@${os.hostname()}`;
+}
+
+type Result = Record<string, unknown>;
+
+/** Runs one subcommand body: prints its result (or error) and sets the exit code. */
+async function execute(o: TargetOptions, body: () => Promise<{ result: Result; human: string; exitCode?: number }>): Promise<void> {
+  try {
+    const { result, human, exitCode } = await body();
+    if (o.json) process.stdout.write(JSON.stringify({ ok: (exitCode ?? 0) === 0, ...result }) + "\n");
+    else if (human) process.stdout.write(human + "\n");
+    process.exitCode = exitCode ?? 0;
+  } catch (err) {
+    const usage = err instanceof UsageError;
+    const error = isQuiesceError(err)
+      ? err.toJSON()
+      : { name: usage ? "UsageError" : (err as Error).name, code: usage ? "USAGE" : "INTERNAL", message: (err as Error).message };
+    if (o.json) process.stdout.write(JSON.stringify({ ok: false, error }) + "\n");
+    process.stderr.write(`quiesce: error: ${(err as Error).message}\n`);
+    process.exitCode = usage ? EXIT_USAGE : EXIT_FAILURE;
+  } finally {
+    defaultSshPool.closeAll();
+  }
+}
+
+/** Runs a host command: over SSH with every argument quoted, or locally without a shell. */
+async function runHostCommand(target: AgentTarget, argv: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  if (target.connection) {
+    return defaultSshPool.exec(target.connection, argv.map(shellQuote).join(" "), { timeoutMs: 24 * 3600 * 1000 });
+  }
+  return new Promise((resolve, reject) => {
+    const child = spawn(argv[0], argv.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout = (stdout + d.toString()).slice(-65536)));
+    child.stderr.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(-65536)));
+    child.on("error", reject);
+    child.on("close", (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/** Builds the program (exported for tests). */
+export function buildProgram(): Command {
+  const program = new Command("quiesce")
+    .description("Freeze and thaw VM guest filesystems through the QEMU guest agent, for consistent snapshots.")
+    .showHelpAfterError()
+    .exitOverride();
+
+  withTargetOptions(program.command("fsinfo").description("list the guest's filesystems and disks"))
+    .addHelpText("after", "\nExample:\n  quiesce fsinfo --host hv1 --socket /var/lib/vms/db/qga.sock")
+    .action(async (o: TargetOptions) =>
+      execute(o, async () => {
+        const target = targetFrom(o);
+        progress(`reading filesystems of ${targetLabel(target)}`);
+        const filesystems = await listFilesystems(target, { timeouts: timeouts(o) });
+        return { result: { filesystems }, human: describeFilesystems(filesystems).split(", ").join("\n") };
+      }),
+    );
+
+  withTargetOptions(program.command("status").description("agent freeze status and the lease (owner, expiresAt)"))
+    .option("--window <id>", "report the state from this window's point of view")
+    .addHelpText("after", "\nExample:\n  quiesce status --local --socket /run/vm1/qga.sock --json")
+    .action(async (o: TargetOptions & { window?: string }) =>
+      execute(o, async () => {
+        const target = targetFrom(o);
+        const r = await windowStatus(target, { windowId: o.window, timeouts: timeouts(o) });
+        const lease = r.lease ? `window ${r.lease.windowId} of ${r.lease.owner}, until ${r.lease.expiresAt}` : "no lease";
+        return { result: { agentStatus: r.agentStatus, state: r.state, lease: r.lease ?? null, ended: r.ended ?? null }, human: `${r.agentStatus} (${r.state}); ${lease}` };
+      }),
+    );
+
+  withTargetOptions(program.command("freeze").description("freeze; the window is held until `quiesce thaw` or the TTL"))
+    .option("--mountpoint <path>", "guest mount point to freeze (repeatable); none: every filesystem", collect, [])
+    .option("--disk <id>", "freeze the filesystems on a disk: serial, /dev/vdX or bus target (repeatable)", collect, [])
+    .option("--ttl <seconds>", "lease: the guest is thawed after this many seconds whatever happens", "300")
+    .addHelpText("after", "\nExample:\n  quiesce freeze --host hv1 --socket /var/lib/vms/db/qga.sock --mountpoint /data --ttl 60")
+    .action(async (o: TargetOptions & { mountpoint: string[]; disk: string[]; ttl: string }) =>
+      execute(o, async () => {
+        const target = targetFrom(o);
+        const ttl = parseNumber(o.ttl, "--ttl", 1, 86_400) as number;
+        progress(`freezing ${o.mountpoint.join(", ") || o.disk.join(", ") || "every filesystem"} on ${targetLabel(target)}`);
+        // The CLI exits after freezing, so the window must not end with this process: deadline only.
+        const w = await createWindow({ target, mountpoints: o.mountpoint, disks: o.disk, maxDurationSeconds: ttl, thawOnDisconnect: false, owner: cliOwner(), timeouts: timeouts(o) });
+        progress(`frozen ${w.frozenMountpoints.join(", ")} in ${w.freezeMs} ms; thaw with: quiesce thaw ... --window ${w.windowId}`);
+        return { result: { ...w, filesystems: undefined }, human: w.windowId };
+      }),
+    );
+
+  withTargetOptions(program.command("thaw").description("thaw a window made by the CLI (or --window ID); --force thaws any freeze"))
+    .option("--window <id>", "the window to thaw")
+    .option("--force", "break-glass: thaw whatever froze the guest, owned or not")
+    .addHelpText("after", "\nExamples:\n  quiesce thaw --host hv1 --socket /var/lib/vms/db/qga.sock --window qw-1a2b3c4d5e6f7a8b\n  quiesce thaw --local --socket /run/vm1/qga.sock --force")
+    .action(async (o: TargetOptions & { window?: string; force?: boolean }) =>
+      execute(o, async () => {
+        const target = targetFrom(o);
+        if (o.force) {
+          const r = await forceThaw(target, { timeouts: timeouts(o) });
+          progress(`force-thawed ${r.thawedCount} filesystem(s)${r.lease ? ` (the lease named window ${r.lease.windowId} of ${r.lease.owner})` : ""}`);
+          return { result: { outcome: "force-thawed", thawedCount: r.thawedCount, lease: r.lease ?? null }, human: "thawed" };
+        }
+        const status = await windowStatus(target, { timeouts: timeouts(o) });
+        const lease = status.lease;
+        if (!lease) {
+          if (status.agentStatus === "frozen") {
+            throw new QuiesceError("NOT_OWNER", `${targetLabel(target)}: the guest is frozen outside pulumi-quiesce (no lease). Refusing; use --force if you are sure.`, {});
+          }
+          return { result: { outcome: "not-held", thawedCount: 0 }, human: "already thawed" };
+        }
+        const mine = o.window ? lease.windowId === o.window : lease.owner.startsWith("cli:");
+        if (!mine) {
+          throw new QuiesceError(
+            "NOT_OWNER",
+            `${targetLabel(target)}: the freeze belongs to window ${lease.windowId} of ${lease.owner}` +
+              `${o.window ? `, not ${o.window}` : ""}. Refusing to thaw it; pass --window ${lease.windowId} or --force if you are sure.`,
+            { owner: lease.owner, windowId: lease.windowId },
+          );
+        }
+        const r: ReleaseResult = await releaseWindow({ target, windowId: lease.windowId, timeouts: timeouts(o) });
+        progress(`window ${lease.windowId}: ${r.outcome}, held ${r.heldMs ?? 0} ms`);
+        return { result: { windowId: lease.windowId, outcome: r.outcome, heldMs: r.heldMs, thawedCount: r.thawedCount }, human: r.outcome };
+      }),
+    );
+
+  withTargetOptions(program.command("run").description("freeze, run a command on the host, release; killing `run` thaws at once"))
+    .option("--mountpoint <path>", "guest mount point to freeze (repeatable); none: every filesystem", collect, [])
+    .option("--disk <id>", "freeze the filesystems on a disk (repeatable)", collect, [])
+    .option("--ttl <seconds>", "lease: the guest is thawed after this many seconds whatever happens", "300")
+    .argument("<host-command...>", "the command to run on the host while frozen (after --)")
+    .addHelpText("after", "\nExample:\n  quiesce run --host hv1 --socket /var/lib/vms/db/qga.sock --mountpoint /data -- lvcreate -s -n db-snap -L 5G vg0/db")
+    .action(async (command: string[], o: TargetOptions & { mountpoint: string[]; disk: string[]; ttl: string }) =>
+      execute(o, async () => {
+        const target = targetFrom(o);
+        const ttl = parseNumber(o.ttl, "--ttl", 1, 86_400) as number;
+        progress(`freezing ${o.mountpoint.join(", ") || o.disk.join(", ") || "every filesystem"} on ${targetLabel(target)}`);
+        const w = await createWindow({ target, mountpoints: o.mountpoint, disks: o.disk, maxDurationSeconds: ttl, thawOnDisconnect: true, owner: cliOwner(), timeouts: timeouts(o) });
+        progress(`frozen ${w.frozenMountpoints.join(", ")} in ${w.freezeMs} ms (window ${w.windowId}); running: ${command.join(" ")}`);
+        const started = Date.now();
+        let ran: { code: number | null; stdout: string; stderr: string } | undefined;
+        let runError: unknown;
+        try {
+          ran = await runHostCommand(target, command);
+        } catch (err) {
+          runError = err;
+        }
+        const commandMs = Date.now() - started;
+        const r = await releaseWindow({ target, windowId: w.windowId, timeouts: timeouts(o) });
+        progress(`released: ${r.outcome}, held ${r.heldMs ?? 0} ms`);
+        if (runError) throw runError;
+        const expired = r.outcome !== "released";
+        const commandFailed = ran?.code !== 0;
+        if (ran && ran.stderr) process.stderr.write(ran.stderr);
+        const result = {
+          windowId: w.windowId,
+          frozenMountpoints: w.frozenMountpoints,
+          freezeMs: w.freezeMs,
+          heldMs: r.heldMs,
+          commandMs,
+          exitCode: ran?.code ?? null,
+          outcome: r.outcome,
+          stdout: ran?.stdout ?? "",
+        };
+        if (expired) progress(`the window ended (${r.outcome}) before the command did: the snapshot may be inconsistent`);
+        if (commandFailed) progress(`the host command exited with ${ran?.code}`);
+        return { result, human: ran?.stdout.trimEnd() ?? "", exitCode: expired || commandFailed ? EXIT_FAILURE : 0 };
+      }),
+    );
+  return program;
+}
+
+/** Entry point. */
+export async function main(argv: readonly string[] = process.argv): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync([...argv]);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // --help and --version exit 0; everything else commander rejects is a usage error.
+      process.exitCode = err.exitCode === 0 ? 0 : EXIT_USAGE;
+      if (process.exitCode !== 0 && argv.includes("--json")) {
+        process.stdout.write(JSON.stringify({ ok: false, error: { name: "UsageError", code: "USAGE", message: err.message } }) + "\n");
+      }
+      return;
+    }
+    throw err;
+  }
+}
+
+if (require.main === module) {
+  void main().catch((err: unknown) => {
+    process.stderr.write(`quiesce: internal error: ${(err as Error).stack ?? String(err)}\n`);
+    process.exitCode = EXIT_FAILURE;
+  });
+}

@@ -1,0 +1,183 @@
+/**
+ * The built `quiesce` CLI as a subprocess against the real lab (guest with write load, sshd): every
+ * subcommand, the --json shapes, exit codes, and bad input.
+ */
+import { spawn } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { endedFileName } from "../../provider/quiesce/lease";
+import { waitForFile } from "../fake/waitForFile";
+import { inspectDataImage } from "./lab";
+import { useLab } from "./shared";
+
+const lab = useLab({ guest: { load: true } });
+const repoRoot = path.resolve(__dirname, "../..");
+const cli = path.join(repoRoot, "dist/provider/cli/index.js");
+
+interface Ran {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  json: Record<string, unknown>;
+}
+
+function quiesce(args: string[], options: { onSpawn?: (pid: number) => void } = {}): Promise<Ran> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [cli, ...args], { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] });
+    options.onSpawn?.(child.pid as number);
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    child.on("error", reject);
+    child.on("close", (code) => {
+      let json: Record<string, unknown> = {};
+      if (args.includes("--json")) {
+        const lines = stdout.trim().split("\n").filter(Boolean);
+        // --json prints exactly one JSON object on stdout.
+        expect(lines).toHaveLength(1);
+        json = JSON.parse(lines[0]) as Record<string, unknown>;
+      }
+      resolve({ code, stdout, stderr, json });
+    });
+  });
+}
+
+let leaseNo = 0;
+function ssh(extra: string[] = []): string[] {
+  const { sshd, guest } = lab();
+  return [
+    "--host", sshd.host, "--port", String(sshd.port), "--user", "root",
+    "--identity", sshd.privateKeyPath, "--known-hosts", sshd.knownHostsPath,
+    "--socket", guest.socketPath, "--lease-dir", path.join(guest.runDir, `cli-leases-${leaseNo}`),
+    ...extra,
+  ];
+}
+beforeEach(() => leaseNo++);
+
+test("fsinfo --json lists the guest's filesystems", async () => {
+  const r = await quiesce(["fsinfo", ...ssh(), "--json"]);
+  expect(r.code).toBe(0);
+  expect(r.json.ok).toBe(true);
+  const mounts = (r.json.filesystems as { mountpoint: string }[]).map((f) => f.mountpoint);
+  expect(mounts).toEqual(expect.arrayContaining(["/data", "/data2"]));
+});
+
+test("freeze, status, thaw: the CLI's own window, with --json shapes", async () => {
+  const frozen = await quiesce(["freeze", ...ssh(), "--mountpoint", "/data", "--ttl", "60", "--json"]);
+  expect(frozen.code).toBe(0);
+  expect(frozen.json).toMatchObject({ ok: true, frozenMountpoints: ["/data"], frozenCount: 1 });
+  const windowId = frozen.json.windowId as string;
+  expect(frozen.stderr).toContain(`--window ${windowId}`);
+
+  const status = await quiesce(["status", ...ssh(), "--window", windowId, "--json"]);
+  expect(status.json).toMatchObject({ ok: true, agentStatus: "frozen", state: "held", lease: { windowId } });
+  expect((status.json.lease as { owner: string }).owner).toMatch(/^cli:/);
+
+  const thawed = await quiesce(["thaw", ...ssh(), "--json"]);
+  expect(thawed.code).toBe(0);
+  expect(thawed.json).toMatchObject({ ok: true, windowId, outcome: "released", thawedCount: 1 });
+  const after = await quiesce(["status", ...ssh(), "--json"]);
+  expect(after.json).toMatchObject({ agentStatus: "thawed", state: "not-held", lease: null });
+});
+
+test("thaw refuses a window it does not own, naming the owner; --force thaws it", async () => {
+  const frozen = await quiesce(["freeze", ...ssh(), "--mountpoint", "/data", "--json"]);
+  const windowId = frozen.json.windowId as string;
+  const wrong = await quiesce(["thaw", ...ssh(), "--window", "qw-not-this-one", "--json"]);
+  expect(wrong.code).toBe(1);
+  expect(wrong.json).toMatchObject({ ok: false, error: { code: "NOT_OWNER" } });
+  expect((wrong.json.error as { message: string }).message).toContain(windowId);
+  const forced = await quiesce(["thaw", ...ssh(), "--force", "--json"]);
+  expect(forced.code).toBe(0);
+  expect(forced.json).toMatchObject({ ok: true, outcome: "force-thawed", thawedCount: 1 });
+});
+
+test("run freezes, runs the host command with its arguments quoted, releases, and the copy is consistent", async () => {
+  const copy = path.join(lab().guest.runDir, "cli-copy.img");
+  const r = await quiesce(["run", ...ssh(), "--mountpoint", "/data", "--json", "--", "cp", "--sparse=always", lab().guest.disk("/data").image, copy]);
+  expect(r.code).toBe(0);
+  expect(r.json).toMatchObject({ ok: true, outcome: "released", exitCode: 0, frozenMountpoints: ["/data"] });
+  const report = await inspectDataImage(copy);
+  expect(report.needsRecovery).toBe(false);
+  expect(report.brokenFiles).toEqual([]);
+  expect(report.loggedWrites.length).toBeGreaterThan(0);
+  // An argument with shell syntax arrives as one literal argument.
+  const echo = await quiesce(["run", ...ssh(), "--mountpoint", "/data", "--json", "--", "printf", "%s", "$(id) `id` ;x"]);
+  expect(echo.json.stdout).toBe("$(id) `id` ;x");
+});
+
+test("run exits non-zero when the host command fails, and when the lease expired before it ended", async () => {
+  const failed = await quiesce(["run", ...ssh(), "--mountpoint", "/data", "--json", "--", "sh", "-c", "exit 7"]);
+  expect(failed.code).toBe(1);
+  expect(failed.json).toMatchObject({ ok: false, exitCode: 7, outcome: "released" });
+  const expired = await quiesce(["run", ...ssh(), "--mountpoint", "/data", "--ttl", "1", "--json", "--", "sleep", "3"]);
+  expect(expired.code).toBe(1);
+  expect(expired.json).toMatchObject({ ok: false, outcome: "expired" });
+  expect(expired.stderr).toMatch(/may be inconsistent/);
+});
+
+test("killing `quiesce run` thaws the guest at once", async () => {
+  const args = ssh(["--mountpoint", "/data", "--", "sleep", "60"]);
+  const leaseDir = args[args.indexOf("--lease-dir") + 1];
+  fs.mkdirSync(leaseDir, { recursive: true });
+  let pid = 0;
+  const running = quiesce(["run", ...args], { onSpawn: (p) => (pid = p) });
+  // The window is held once the lease exists; then kill the CLI.
+  const leaseFile = path.join(leaseDir, endedFileName(lab().guest.socketPath).replace(".ended.json", ".json"));
+  await waitForFile(leaseFile, 60_000);
+  const status = await quiesce(["status", ...ssh(), "--json"]);
+  expect(status.json.agentStatus).toBe("frozen");
+  process.kill(pid, "SIGKILL");
+  await running;
+  const ended = JSON.parse(await waitForFile(path.join(leaseDir, endedFileName(lab().guest.socketPath)), 10_000)) as { how: string };
+  expect(ended.how).toBe("disconnected");
+  const after = await quiesce(["status", ...ssh(), "--json"]);
+  expect(after.json.agentStatus).toBe("thawed");
+});
+
+describe("bad input: a clear message and the right exit code", () => {
+  test("a relative socket path is a usage error (2)", async () => {
+    const r = await quiesce(["status", "--local", "--socket", "qga.sock", "--json"]);
+    expect(r.code).toBe(2);
+    expect((r.json.error as { message: string }).message).toMatch(/absolute/);
+  });
+
+  test("`--` without a command is a usage error (2)", async () => {
+    const r = await quiesce(["run", ...ssh(), "--json", "--"]);
+    expect(r.code).toBe(2);
+    expect((r.json.error as { message: string }).message).toMatch(/host-command/);
+  });
+
+  test("an unknown mount point fails (1), lists the guest's filesystems, and freezes nothing", async () => {
+    const r = await quiesce(["freeze", ...ssh(), "--mountpoint", "/nope", "--json"]);
+    expect(r.code).toBe(1);
+    expect(r.json).toMatchObject({ ok: false, error: { code: "UNKNOWN_MOUNTPOINT" } });
+    expect((r.json.error as { message: string }).message).toMatch(/\/data \(ext4/);
+    const status = await quiesce(["status", ...ssh(), "--json"]);
+    expect(status.json.agentStatus).toBe("thawed");
+  });
+
+  test("an unknown host key is refused (1) with the fingerprint and how to add it", async () => {
+    const empty = path.join(lab().guest.runDir, "empty_known_hosts");
+    fs.writeFileSync(empty, "");
+    const args = ssh().map((a) => (a === lab().sshd.knownHostsPath ? empty : a));
+    const r = await quiesce(["status", ...args, "--json"]);
+    expect(r.code).toBe(1);
+    expect(r.json).toMatchObject({ ok: false, error: { code: "SSH_HOST_KEY_UNKNOWN" } });
+    expect((r.json.error as { message: string }).message).toContain(lab().sshd.hostFingerprint);
+  });
+
+  test("a missing socket fails (1) and says so", async () => {
+    const args = ssh().map((a) => (a === lab().guest.socketPath ? "/nonexistent/qga.sock" : a));
+    const r = await quiesce(["status", ...args, "--json"]);
+    expect(r.code).toBe(1);
+    expect(r.json).toMatchObject({ ok: false, error: { code: "SOCKET_MISSING" } });
+  });
+
+  test("neither --local nor --host is a usage error (2)", async () => {
+    const r = await quiesce(["status", "--socket", "/x.sock"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--local .* or --host/);
+  });
+});
