@@ -162,17 +162,13 @@ export class WindowRelease extends pulumi.dynamic.Resource {
       releaseProvider,
       name,
       {
-        windowId: w.windowId,
-        connection: w.connection,
-        socketPath: w.socketPath,
-        leaseDir: w.leaseDir,
-        timeouts: w.timeouts,
+        ...windowTarget(w),
         allowExpired: args.allowExpired,
         heldMs: undefined,
         releasedAt: undefined,
         outcome: undefined,
       },
-      { ...opts, dependsOn: mergeDependsOn(opts?.dependsOn, w), additionalSecretOutputs: [...(opts?.additionalSecretOutputs ?? []), "connection"] },
+      afterWindow(opts, w),
       "quiesce",
       "WindowRelease",
     );
@@ -211,11 +207,7 @@ export class HostSnapshot extends pulumi.dynamic.Resource {
       hostSnapshotProvider,
       name,
       {
-        windowId: w.windowId,
-        connection: w.connection,
-        socketPath: w.socketPath,
-        leaseDir: w.leaseDir,
-        timeouts: w.timeouts,
+        ...windowTarget(w),
         create: args.create,
         delete: args.delete,
         environment: args.environment,
@@ -224,11 +216,21 @@ export class HostSnapshot extends pulumi.dynamic.Resource {
         stderr: undefined,
         commandMs: undefined,
       },
-      { ...opts, dependsOn: mergeDependsOn(opts?.dependsOn, w), additionalSecretOutputs: [...(opts?.additionalSecretOutputs ?? []), "connection"] },
+      afterWindow(opts, w),
       "quiesce",
       "HostSnapshot",
     );
   }
+}
+
+/** The inputs a resource that acts on a window takes from it: which window, and how to reach its guest. */
+function windowTarget(w: QuiesceWindow): pulumi.Inputs {
+  return { windowId: w.windowId, connection: w.connection, socketPath: w.socketPath, leaseDir: w.leaseDir, timeouts: w.timeouts };
+}
+
+/** Options of a resource that acts on a window: it depends on the window, and its connection output is secret. */
+function afterWindow(opts: pulumi.CustomResourceOptions | undefined, w: QuiesceWindow): pulumi.CustomResourceOptions {
+  return { ...opts, dependsOn: mergeDependsOn(opts?.dependsOn, w), additionalSecretOutputs: [...(opts?.additionalSecretOutputs ?? []), "connection"] };
 }
 
 function mergeDependsOn(

@@ -3,7 +3,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { createWindow, releaseWindow, windowStatus, type AgentTarget } from "../../provider/quiesce/lifecycle";
 import { LocalLeaseStore } from "../../provider/quiesce/lease";
-import { isQuiesceError, QuiesceError } from "../../provider/errors";
+import { failure } from "./failure";
 import { FakeAgent } from "./fakeAgent";
 
 let agent: FakeAgent;
@@ -20,14 +20,6 @@ afterEach(async () => {
   fs.rmSync(leaseDir, { recursive: true, force: true });
 });
 
-async function failure(p: Promise<unknown>): Promise<QuiesceError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (!isQuiesceError(err)) throw new Error(`expected a QuiesceError, got ${String(err)}`);
-  return err;
-}
 
 const freezeCommands = (): string[] => agent.log.filter((c) => c.startsWith("guest-fsfreeze-freeze"));
 

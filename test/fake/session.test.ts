@@ -1,18 +1,15 @@
 import { AgentSession } from "../../provider/agent/session";
 import { fsfreezeFreezeList, fsfreezeStatus, getFsinfo, ping } from "../../provider/agent/commands";
-import { isQuiesceError, QuiesceError } from "../../provider/errors";
+import type { QuiesceError } from "../../provider/errors";
+import { failure } from "./failure";
 import { openLocalChannel } from "../../provider/transport/local";
 import { FakeAgent } from "./fakeAgent";
 import { scriptedPeer, syncingResponder } from "./scriptedPeer";
 
 async function expectCode(promise: Promise<unknown>, code: string): Promise<QuiesceError> {
-  const err = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(isQuiesceError(err)).toBe(true);
-  expect((err as QuiesceError).code).toBe(code);
-  return err as QuiesceError;
+  const err = await failure(promise);
+  expect(err.code).toBe(code);
+  return err;
 }
 
 describe("sync handshake", () => {

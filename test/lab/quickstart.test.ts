@@ -8,8 +8,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import * as pulumi from "@pulumi/pulumi";
-import { fsfreezeStatus } from "../../provider/agent/commands";
-import { openSession } from "../../provider/quiesce/lifecycle";
+import { agentStatusAt } from "./agentStatus";
 import { findPlaintext, runProgram } from "../pulumi/mocksRunner";
 import { inspectDataImage } from "./lab";
 import { useLab } from "./shared";
@@ -33,14 +32,7 @@ function config(snapshotPath: string): Record<string, string> {
   };
 }
 
-async function agentStatus(): Promise<string> {
-  const s = await openSession({ socketPath: lab().guest.socketPath }, undefined);
-  try {
-    return await fsfreezeStatus(s);
-  } finally {
-    s.close();
-  }
-}
+const agentStatus = (): Promise<string> => agentStatusAt(lab().guest.socketPath);
 
 test("quickstart: a consistent copy of a disk being written, the guest thawed after, no secret in plaintext", async () => {
   const snapshotPath = path.join(tmp, "data-copy.img");

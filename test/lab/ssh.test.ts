@@ -10,7 +10,7 @@ import { AgentSession } from "../../provider/agent/session";
 import { fsfreezeStatus, ping } from "../../provider/agent/commands";
 import { encodeCommand } from "../../provider/agent/codec";
 import { SshPool, type SshConnectionConfig } from "../../provider/transport/ssh";
-import { isQuiesceError, type QuiesceError } from "../../provider/errors";
+import { failure } from "../fake/failure";
 import { FakeAgent } from "../fake/fakeAgent";
 import { descendants } from "./descendants";
 import { startSshd, type LabSshd } from "./lab";
@@ -58,14 +58,6 @@ async function pingThrough(pool: SshPool, cfg: SshConnectionConfig): Promise<voi
   }
 }
 
-async function failure(p: Promise<unknown>): Promise<QuiesceError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (!isQuiesceError(err)) throw new Error(`expected a QuiesceError, got ${String(err)}`);
-  return err;
-}
 
 function writeFile(name: string, text: string): string {
   const file = path.join(tmp, name);

@@ -4,8 +4,7 @@
  */
 import * as path from "node:path";
 import { providersForTesting } from "../../sdk/window";
-import { fsfreezeStatus } from "../../provider/agent/commands";
-import { openSession } from "../../provider/quiesce/lifecycle";
+import { agentStatusAt } from "./agentStatus";
 import { makeUrn, serializeDynamicProvider, startProviderHost, UNKNOWN, type ProviderHost } from "../pulumi/providerHost";
 import { useLab } from "./shared";
 
@@ -39,14 +38,7 @@ function inputs(extra: Record<string, unknown> = {}): Record<string, unknown> {
   };
 }
 
-async function agentStatus(): Promise<string> {
-  const s = await openSession({ socketPath: lab().guest.socketPath }, undefined);
-  try {
-    return await fsfreezeStatus(s);
-  } finally {
-    s.close();
-  }
-}
+const agentStatus = (): Promise<string> => agentStatusAt(lab().guest.socketPath);
 
 test("__provider is small, holds no secret, and only requires the package by name", () => {
   expect(windowText).toContain('require("pulumi-quiesce/provider/dynamic/window")');
