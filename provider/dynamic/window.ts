@@ -199,6 +199,8 @@ function describeOutcome(outcome: string, leaseOwner: string | undefined): strin
       return "the guest is frozen by something outside pulumi-quiesce; it was left alone";
     case "expired":
       return "the window's lease deadline passed and the guest was thawed then (by the watchdog, or now)";
+    case "already-released":
+      return "the window had already been released by its owner";
     case "disconnected":
       return "the process that held the window went away and the watchdog thawed the guest (thawOnDisconnect)";
     default:

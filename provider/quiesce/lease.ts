@@ -45,15 +45,20 @@ export interface LeaseStore {
   write(record: LeaseRecord): Promise<void>;
   /** Removes the lease of `socketPath`. */
   remove(socketPath: string): Promise<void>;
-  /** How the last window of `socketPath` that the watchdog ended, ended (expired or disconnected), if recorded. */
+  /** How the socket's last window ended (released, expired or disconnected), if recorded. */
   readEnded(socketPath: string): Promise<EndedRecord | undefined>;
+  /** Records how a window ended (release writes `released`; the watchdog writes the others). */
+  writeEnded(socketPath: string, record: EndedRecord): Promise<void>;
 }
 
-/** Written by the watchdog when it ends a window: `<lease>.ended.json`. */
+/** How a window ended, written next to the lease as `<lease>.ended.json`. */
 export interface EndedRecord {
   readonly windowId: string;
-  /** `expired`: thawed at the deadline; `disconnected`: thawed because its holder went away. */
-  readonly how: "expired" | "disconnected";
+  /**
+   * `released`: by its owner; `expired`: thawed by the watchdog at the deadline; `disconnected`: thawed by the
+   * watchdog because the process holding it went away.
+   */
+  readonly how: "released" | "expired" | "disconnected";
   /** When (ISO 8601 UTC). */
   readonly at: string;
   readonly thawedCount?: number;
@@ -72,7 +77,7 @@ function parseEnded(text: string, where: string): EndedRecord {
     throw new QuiesceError("LEASE_IO", `ended record ${where} is not JSON`, { path: where }, { cause: err });
   }
   const r = value as Partial<EndedRecord>;
-  if (typeof r?.windowId !== "string" || (r.how !== "expired" && r.how !== "disconnected") || typeof r.at !== "string") {
+  if (typeof r?.windowId !== "string" || !["released", "expired", "disconnected"].includes(r.how as string) || typeof r.at !== "string") {
     throw new QuiesceError("LEASE_IO", `ended record ${where} is not a pulumi-quiesce ended record`, { path: where });
   }
   return r as EndedRecord;
@@ -130,7 +135,14 @@ export class LocalLeaseStore implements LeaseStore {
   }
 
   async write(record: LeaseRecord): Promise<void> {
-    const file = path.join(this.dir, leaseFileName(record.socketPath));
+    await this.writeJson(path.join(this.dir, leaseFileName(record.socketPath)), record);
+  }
+
+  async writeEnded(socketPath: string, record: EndedRecord): Promise<void> {
+    await this.writeJson(path.join(this.dir, endedFileName(socketPath)), record);
+  }
+
+  private async writeJson(file: string, record: unknown): Promise<void> {
     const tmp = `${file}.${randomBytes(6).toString("hex")}.tmp`;
     try {
       await fsp.mkdir(this.dir, { recursive: true, mode: 0o700 });
@@ -200,7 +212,14 @@ export class SftpLeaseStore implements LeaseStore {
   }
 
   async write(record: LeaseRecord): Promise<void> {
-    const file = path.posix.join(this.dir, leaseFileName(record.socketPath));
+    await this.writeJson(path.posix.join(this.dir, leaseFileName(record.socketPath)), record);
+  }
+
+  async writeEnded(socketPath: string, record: EndedRecord): Promise<void> {
+    await this.writeJson(path.posix.join(this.dir, endedFileName(socketPath)), record);
+  }
+
+  private async writeJson(file: string, record: unknown): Promise<void> {
     const tmp = `${file}.${randomBytes(6).toString("hex")}.tmp`;
     const sftp = await this.pool.sftp(this.config);
     await this.ensureDir(sftp);

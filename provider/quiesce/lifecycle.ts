@@ -103,6 +103,8 @@ export type WindowState =
   | "expired"
   /** The watchdog thawed it because the process holding it went away. */
   | "disconnected"
+  /** Its owner released it. */
+  | "released"
   /** The lease is this window's but the agent says thawed (thawed by someone else, or the guest rebooted). */
   | "thawed-outside"
   /** Another window's lease holds the guest. */
@@ -124,8 +126,11 @@ export interface StatusReport {
 
 /** Result of a release. */
 export interface ReleaseResult {
-  /** `released`: this call thawed the window; otherwise it touched nothing (see {@link WindowState}). */
-  readonly outcome: "released" | Exclude<WindowState, "held">;
+  /**
+   * `released`: this call thawed the window. `already-released`: its owner had released it before.
+   * Otherwise this call touched nothing (see {@link WindowState}).
+   */
+  readonly outcome: "released" | "already-released" | Exclude<WindowState, "held" | "released">;
   /** How long the freeze was held, in ms (when the lease was this window's). */
   readonly heldMs?: number;
   /** Filesystems thawed by this call. */
@@ -439,7 +444,8 @@ export async function releaseWindow(request: ReleaseRequest, deps: LifecycleDeps
     if (lease?.windowId !== windowId) {
       // Nothing of ours to thaw; a hold this process still has would only thaw someone else's lease-less guest.
       heldHere(windowId)?.drop();
-      return { outcome: state as ReleaseResult["outcome"], thawedCount: 0, lease, agentStatus };
+      const outcome: ReleaseResult["outcome"] = state === "released" ? "already-released" : (state as ReleaseResult["outcome"]);
+      return { outcome, thawedCount: 0, lease, agentStatus };
     }
     const heldMs = now() - Date.parse(lease.frozenAt);
     let thawedCount = 0;
@@ -456,6 +462,7 @@ export async function releaseWindow(request: ReleaseRequest, deps: LifecycleDeps
     }
     await store.remove(target.socketPath);
     await heldHere(windowId)?.disarm();
+    if (agentStatus === "frozen") await store.writeEnded(target.socketPath, { windowId, how: "released", at: new Date(now()).toISOString() });
     return {
       outcome: state === "held" ? "released" : (state as ReleaseResult["outcome"]),
       heldMs,

@@ -127,7 +127,8 @@ test("release thaws an owned window, verifies, and removes the lease", async () 
   expect(await new LocalLeaseStore(leaseDir).read(agent.socketPath)).toBeUndefined();
   // Releasing again touches nothing.
   const again = await releaseWindow({ target, windowId: w.windowId });
-  expect(again).toMatchObject({ outcome: "not-held", thawedCount: 0 });
+  expect(again).toMatchObject({ outcome: "already-released", thawedCount: 0 });
+  expect((await windowStatus(target, { windowId: w.windowId })).state).toBe("released");
 });
 
 test("release of a window whose lease belongs to another does not thaw", async () => {

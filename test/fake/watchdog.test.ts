@@ -70,7 +70,8 @@ test("a released window is disarmed: closing its process later thaws nothing", a
   const second = await createWindow({ target, mountpoints: ["/data2"], thawOnDisconnect: false });
   // The first window's hold is gone; the second window's freeze stays.
   expect(agent.status).toBe("frozen");
-  expect(fs.existsSync(endedPath())).toBe(false);
+  // The only ended record is the release's own, not a watchdog thaw.
+  expect(JSON.parse(fs.readFileSync(endedPath(), "utf8"))).toMatchObject({ windowId: w.windowId, how: "released" });
   await releaseWindow({ target, windowId: second.windowId });
 });
 

@@ -83,7 +83,7 @@ test("the whole lifecycle: create freezes, diff/update/read behave, delete thaws
 
   // Refresh tells the truth afterwards: not held.
   const after = await host.read(created.id, windowUrn, updated.properties);
-  expect(after.properties).toMatchObject({ held: false, state: "not-held" });
+  expect(after.properties).toMatchObject({ held: false, state: "released" });
   // Delete again (already thawed) succeeds without touching the guest.
   await host.delete(created.id, windowUrn, updated.properties);
 });
@@ -103,7 +103,7 @@ test("WindowRelease thaws the window, then fails loudly when the window is no lo
   expect(await agentStatus()).toBe("thawed");
   await expect(host.create(releaseUrn, releaseInputs)).rejects.toThrow(/no longer held.*MAY BE INCONSISTENT/s);
   const allowed = await host.create(releaseUrn, { ...releaseInputs, allowExpired: true });
-  expect(allowed.properties.outcome).toBe("not-held");
+  expect(allowed.properties.outcome).toBe("already-released");
   await host.delete(created.id, windowUrn, created.properties);
 });
 
