@@ -11,7 +11,7 @@
 import type { Duplex } from "node:stream";
 import { SshPool } from "../provider/transport/ssh";
 import type { AgentChannel } from "../provider/transport/types";
-import type { EndedRecord, LeaseRecord, LeaseStore } from "../provider/quiesce/lease";
+import type { LeaseStore } from "../provider/quiesce/lease";
 import { clock } from "./stats";
 
 /** One request on a channel and the replies to it. Times are {@link clock} milliseconds. */
@@ -106,31 +106,24 @@ export class TimedPool extends SshPool {
   }
 }
 
-/** A LeaseStore that times every operation of the store it wraps. */
-export class TimedLeaseStore implements LeaseStore {
-  readonly label: string;
-  /** Milliseconds spent in lease operations since the last {@link take}. */
+/**
+ * Wraps a LeaseStore so that every method call is timed. A Proxy forwards whatever methods the store has,
+ * so the wrapper keeps up with the LeaseStore interface as it grows.
+ */
+export class TimedLeaseStore {
+  /** The timed store, to pass as `leaseStore` to the lifecycle. */
+  readonly store: LeaseStore;
   private spentMs = 0;
   private operations = 0;
 
-  constructor(private readonly inner: LeaseStore) {
-    this.label = inner.label;
-  }
-
-  read(socketPath: string): Promise<LeaseRecord | undefined> {
-    return this.time(() => this.inner.read(socketPath));
-  }
-
-  write(record: LeaseRecord): Promise<void> {
-    return this.time(() => this.inner.write(record));
-  }
-
-  remove(socketPath: string): Promise<void> {
-    return this.time(() => this.inner.remove(socketPath));
-  }
-
-  readEnded(socketPath: string): Promise<EndedRecord | undefined> {
-    return this.time(() => this.inner.readEnded(socketPath));
+  constructor(inner: LeaseStore) {
+    this.store = new Proxy(inner, {
+      get: (target, property, receiver) => {
+        const value: unknown = Reflect.get(target, property, receiver);
+        if (typeof value !== "function") return value;
+        return (...args: unknown[]) => this.time(() => (value as (...a: unknown[]) => unknown).apply(target, args));
+      },
+    });
   }
 
   /** Milliseconds and operation count since the last call; resets both. */
@@ -141,7 +134,7 @@ export class TimedLeaseStore implements LeaseStore {
     return result;
   }
 
-  private async time<T>(fn: () => Promise<T>): Promise<T> {
+  private async time(fn: () => unknown): Promise<unknown> {
     const started = clock();
     try {
       return await fn();

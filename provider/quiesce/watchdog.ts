@@ -1,5 +1,6 @@
 /**
- * The client side of the watchdog (DESIGN.md, "The lease and the watchdog"; the daemon is watchdog.py).
+ * The client side of the watchdog (DESIGN.md, "The lease and the watchdog"; the daemon is watchdog.py, or its
+ * perl port watchdog.pl on hosts without python3).
  *
  * One watchdog per lease directory on the host that holds the agent sockets. It thaws every leased guest at
  * its deadline, and, for a window armed with thawOnDisconnect, as soon as the window's hold channel closes
@@ -22,9 +23,17 @@ import { DEFAULT_LEASE_DIR } from "./lease";
 /** Seconds to wait for the watchdog to answer or start. */
 const WATCHDOG_TIMEOUT_MS = 15_000;
 
-/** The daemon's source, shipped next to this module (copied into dist by the build). */
-export function watchdogScript(): string {
-  return fs.readFileSync(path.join(__dirname, "watchdog.py"), "utf8");
+/** The interpreters the daemon can run under, in order of preference; each has its own port of the daemon. */
+export type WatchdogInterpreter = "python3" | "perl";
+
+const WATCHDOG_INTERPRETERS: readonly WatchdogInterpreter[] = ["python3", "perl"];
+
+/** The daemon's file name for each interpreter. */
+const WATCHDOG_FILES: Readonly<Record<WatchdogInterpreter, string>> = { python3: "watchdog.py", perl: "watchdog.pl" };
+
+/** The daemon's source for `interpreter`, shipped next to this module (copied into dist by the build). */
+export function watchdogScript(interpreter: WatchdogInterpreter = "python3"): string {
+  return fs.readFileSync(path.join(__dirname, WATCHDOG_FILES[interpreter]), "utf8");
 }
 
 /** The watchdog's control socket in a lease directory. */
@@ -111,25 +120,115 @@ async function ping(target: AgentTarget, pool: SshPool, label: string, signal?: 
   }
 }
 
+/** Exit code of the SSH start command when the host has none of the interpreters it may use. */
 const NO_PYTHON_EXIT = 3;
 
-/** Starts the daemon on the host (SSH: one exec that uploads the script on stdin) and waits for READY. */
+/**
+ * The environment variable that forces the watchdog's interpreter: `QUIESCE_WATCHDOG_INTERPRETER=python3` or
+ * `QUIESCE_WATCHDOG_INTERPRETER=perl`. Unset or empty, the watchdog runs under python3 when the host has it,
+ * else under perl. It applies to the host the watchdog runs on (over SSH as locally); forced, the start fails
+ * with WATCHDOG_UNAVAILABLE when that interpreter is missing, without falling back to the other. Tests use it
+ * to run the same suite against both ports of the daemon.
+ */
+export const WATCHDOG_INTERPRETER_ENV = "QUIESCE_WATCHDOG_INTERPRETER";
+
+/** The interpreters to try, in order: both, or only the one forced with {@link WATCHDOG_INTERPRETER_ENV}. */
+function interpreterChoice(label: string): readonly WatchdogInterpreter[] {
+  const forced = process.env[WATCHDOG_INTERPRETER_ENV];
+  if (forced === undefined || forced === "") return WATCHDOG_INTERPRETERS;
+  const match = WATCHDOG_INTERPRETERS.find((i) => i === forced);
+  if (!match) {
+    throw new QuiesceError(
+      "INVALID_INPUT",
+      `${label}: ${WATCHDOG_INTERPRETER_ENV}=${JSON.stringify(forced)} is not one of ${WATCHDOG_INTERPRETERS.join(", ")}`,
+      { target: label },
+    );
+  }
+  return [match];
+}
+
+/** A here-document line that ends the script `text`; the script must not contain it as a line. */
+function hereDoc(text: string, delimiter: string): string {
+  if (text.split("\n").includes(delimiter)) throw new Error(`the watchdog script contains its here-document delimiter ${delimiter}`);
+  return `${text.endsWith("\n") ? text : text + "\n"}${delimiter}\n`;
+}
+
+/**
+ * The POSIX sh program, fed on stdin to `sh -s` in the one exec that starts the daemon on an SSH host: it picks
+ * the first of `interpreters` the host has (exit {@link NO_PYTHON_EXIT} when none), writes that port of the
+ * daemon into the lease directory from the here-document carrying it, and execs it (which prints READY).
+ */
+function sshStartProgram(dir: string, interpreters: readonly WatchdogInterpreter[]): string {
+  const d = shellQuote(dir);
+  const lines = ["umask 077"];
+  for (const [n, interpreter] of interpreters.entries()) {
+    const file = WATCHDOG_FILES[interpreter];
+    const target = shellQuote(path.posix.join(dir, file));
+    const tmp = shellQuote(path.posix.join(dir, `${file}.new`));
+    const delimiter = `__QUIESCE_WATCHDOG_${interpreter.toUpperCase()}_EOF__`;
+    lines.push(
+      `${n === 0 ? "if" : "elif"} command -v ${interpreter} >/dev/null 2>&1; then`,
+      `mkdir -p ${d} || exit 1`,
+      `cat > ${tmp} <<'${delimiter}' && mv ${tmp} ${target} || exit 1`,
+      hereDoc(watchdogScript(interpreter), delimiter).replace(/\n$/, ""),
+      `exec ${interpreter} ${target} ${d}`,
+    );
+  }
+  lines.push("fi", `exit ${NO_PYTHON_EXIT}`);
+  return lines.join("\n") + "\n";
+}
+
+/** Starts the local daemon under `interpreter`; resolves false when the interpreter is not installed. */
+function startLocal(dir: string, interpreter: WatchdogInterpreter, label: string): Promise<boolean> {
+  const file = path.join(dir, WATCHDOG_FILES[interpreter]);
+  fs.writeFileSync(file, watchdogScript(interpreter), { mode: 0o600 });
+  return new Promise<boolean>((resolve, reject) => {
+    const child = spawn(interpreter, [file, dir], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let errText = "";
+    let spawnFailed = false;
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (errText += d.toString()));
+    child.on("error", (err: NodeJS.ErrnoException) => {
+      spawnFailed = true;
+      if (err.code === "ENOENT") resolve(false);
+      else reject(err);
+    });
+    // The daemon forks away after binding its socket; the first process exits once it printed READY.
+    child.on("close", (code) => {
+      if (spawnFailed) return;
+      if (code === 0 && out.includes("READY")) resolve(true);
+      else {
+        reject(
+          new QuiesceError("WATCHDOG_UNAVAILABLE", `${label}: the watchdog (${interpreter}) did not start (exit ${code}): ${errText.trim()}`, {
+            target: label,
+          }),
+        );
+      }
+    });
+  });
+}
+
+/**
+ * Starts the daemon on the host and waits for READY. It runs under python3 when the host has it, else under
+ * perl (or only under the interpreter forced with {@link WATCHDOG_INTERPRETER_ENV}). Over SSH this is one exec
+ * that tests for the interpreter and uploads the matching script on stdin.
+ */
 async function start(target: AgentTarget, pool: SshPool, label: string): Promise<void> {
   const dir = target.leaseDir ?? DEFAULT_LEASE_DIR;
-  const script = watchdogScript();
+  const interpreters = interpreterChoice(label);
   const missing = () =>
     new QuiesceError(
       "WATCHDOG_UNAVAILABLE",
-      `${label}: the watchdog that thaws guests at the lease deadline needs python3 on the host, and there is none. ` +
-        "Install python3 on the hypervisor host (apt-get install python3-minimal). Nothing was frozen.",
+      interpreters.length > 1
+        ? `${label}: the watchdog that thaws guests at the lease deadline needs python3 or perl on the host, and there is neither. ` +
+            "Install one on the hypervisor host (apt-get install python3-minimal, or perl-base). Nothing was frozen."
+        : `${label}: the watchdog that thaws guests at the lease deadline needs ${interpreters[0]} on the host ` +
+            `(${WATCHDOG_INTERPRETER_ENV}=${interpreters[0]}), and there is none. Nothing was frozen.`,
       { target: label },
     );
   if (target.connection) {
-    const d = shellQuote(dir);
-    const command =
-      `command -v python3 >/dev/null 2>&1 || exit ${NO_PYTHON_EXIT}; umask 077; mkdir -p ${d} && ` +
-      `cat > ${d}/watchdog.py.new && mv ${d}/watchdog.py.new ${d}/watchdog.py && exec python3 ${d}/watchdog.py ${d}`;
-    const r = await pool.exec(target.connection, command, { stdin: script, timeoutMs: WATCHDOG_TIMEOUT_MS });
+    const r = await pool.exec(target.connection, "sh -s", { stdin: sshStartProgram(dir, interpreters), timeoutMs: WATCHDOG_TIMEOUT_MS });
     if (r.code === NO_PYTHON_EXIT) throw missing();
     if (r.code !== 0 || !r.stdout.includes("READY")) {
       throw new QuiesceError(
@@ -141,21 +240,10 @@ async function start(target: AgentTarget, pool: SshPool, label: string): Promise
     return;
   }
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const file = path.join(dir, "watchdog.py");
-  fs.writeFileSync(file, script, { mode: 0o600 });
-  await new Promise<void>((resolve, reject) => {
-    const child = spawn("python3", [file, dir], { stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    let errText = "";
-    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (errText += d.toString()));
-    child.on("error", (err: NodeJS.ErrnoException) => reject(err.code === "ENOENT" ? missing() : err));
-    // The daemon forks away after binding its socket; the first process exits once it printed READY.
-    child.on("close", (code) => {
-      if (code === 0 && out.includes("READY")) resolve();
-      else reject(new QuiesceError("WATCHDOG_UNAVAILABLE", `${label}: the watchdog did not start (exit ${code}): ${errText.trim()}`, { target: label }));
-    });
-  });
+  for (const interpreter of interpreters) {
+    if (await startLocal(dir, interpreter, label)) return;
+  }
+  throw missing();
 }
 
 /** Makes sure a watchdog serves the target's lease directory. Fails with WATCHDOG_UNAVAILABLE. */

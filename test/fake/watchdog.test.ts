@@ -1,6 +1,8 @@
 /**
- * The watchdog (provider/quiesce/watchdog.py, a real python3 process) against the fake agent on a local
- * socket: deadline, disconnect of the freezing process, an agent that hangs mid-freeze, ownership.
+ * The watchdog against the fake agent on a local socket: deadline, disconnect of the freezing process, an
+ * agent that hangs mid-freeze, ownership. The whole suite runs once per port of the daemon, each a real
+ * process: provider/quiesce/watchdog.py under python3 and provider/quiesce/watchdog.pl under perl, forced
+ * with QUIESCE_WATCHDOG_INTERPRETER (inherited by the child processes the tests spawn).
  * The same guarantees are proven against the real guest over SSH in test/lab/faults.test.ts.
  */
 import { spawn } from "node:child_process";
@@ -10,96 +12,115 @@ import * as path from "node:path";
 import { createWindow, releaseWindow, windowStatus, type AgentTarget } from "../../provider/quiesce/lifecycle";
 import { endedFileName, LocalLeaseStore } from "../../provider/quiesce/lease";
 import { isQuiesceError } from "../../provider/errors";
+import { WATCHDOG_INTERPRETER_ENV, type WatchdogInterpreter } from "../../provider/quiesce/watchdog";
 import { FakeAgent } from "./fakeAgent";
 import { waitForFile } from "./waitForFile";
 
-const repoRoot = path.resolve(__dirname, "../..");
-let agent: FakeAgent;
-let leaseDir: string;
-let target: AgentTarget;
+const interpreters: WatchdogInterpreter[] = ["python3", "perl"];
 
-beforeEach(async () => {
-  agent = await FakeAgent.start();
-  leaseDir = fs.mkdtempSync(path.join(os.tmpdir(), "leases-"));
-  target = { socketPath: agent.socketPath, leaseDir };
-});
-afterEach(async () => {
-  await agent.stop();
-  fs.rmSync(leaseDir, { recursive: true, force: true });
-});
-
-const endedPath = (): string => path.join(leaseDir, endedFileName(agent.socketPath));
-
-test("nobody releases: thawed at the deadline, recorded as expired; a later release reports it", async () => {
-  const w = await createWindow({ target, mountpoints: ["/data"], maxDurationSeconds: 1, thawOnDisconnect: false });
-  expect(agent.status).toBe("frozen");
-  await waitForFile(endedPath(), 10_000);
-  const thawedAt = Date.now();
-  expect(agent.status).toBe("thawed");
-  expect(thawedAt - Date.parse(w.expiresAt)).toBeLessThan(1_000);
-  expect(await new LocalLeaseStore(leaseDir).read(agent.socketPath)).toBeUndefined();
-  expect((await windowStatus(target, { windowId: w.windowId })).state).toBe("expired");
-  expect((await releaseWindow({ target, windowId: w.windowId })).outcome).toBe("expired");
-});
-
-test("the freezing process is killed: the watchdog thaws at once (thawOnDisconnect)", async () => {
-  const script = `
-    const { createWindow } = require("./dist/provider/quiesce/lifecycle");
-    createWindow(JSON.parse(process.argv[1])).then(
-      (w) => console.log(JSON.stringify(w)),
-      (e) => { console.error(e); process.exit(1); });`;
-  const child = spawn(process.execPath, ["-e", script, JSON.stringify({ target, mountpoints: ["/data"], maxDurationSeconds: 300 })], {
-    cwd: repoRoot,
-    stdio: ["ignore", "pipe", "inherit"],
+describe.each(interpreters)("the watchdog under %s", (interpreter) => {
+  let saved: string | undefined;
+  beforeAll(() => {
+    saved = process.env[WATCHDOG_INTERPRETER_ENV];
+    process.env[WATCHDOG_INTERPRETER_ENV] = interpreter;
   });
-  const windowId = await new Promise<string>((resolve, reject) => {
-    child.stdout.once("data", (d: Buffer) => resolve((JSON.parse(d.toString()) as { windowId: string }).windowId));
-    child.once("exit", (code) => reject(new Error(`child exited ${code} before creating the window`)));
+  afterAll(() => {
+    if (saved === undefined) delete process.env[WATCHDOG_INTERPRETER_ENV];
+    else process.env[WATCHDOG_INTERPRETER_ENV] = saved;
   });
-  expect(agent.status).toBe("frozen");
-  child.kill("SIGKILL");
-  const ended = await waitForFile(endedPath(), 10_000);
-  expect(agent.status).toBe("thawed");
-  expect(JSON.parse(ended)).toMatchObject({ windowId, how: "disconnected" });
-  expect((await windowStatus(target, { windowId })).state).toBe("disconnected");
-});
 
-test("a released window is disarmed: closing its process later thaws nothing", async () => {
-  const w = await createWindow({ target, mountpoints: ["/data"] });
-  await releaseWindow({ target, windowId: w.windowId });
-  const second = await createWindow({ target, mountpoints: ["/data2"], thawOnDisconnect: false });
-  // The first window's hold is gone; the second window's freeze stays.
-  expect(agent.status).toBe("frozen");
-  // The only ended record is the release's own, not a watchdog thaw.
-  expect(JSON.parse(fs.readFileSync(endedPath(), "utf8"))).toMatchObject({ windowId: w.windowId, how: "released" });
-  await releaseWindow({ target, windowId: second.windowId });
-});
+  const repoRoot = path.resolve(__dirname, "../..");
+  let agent: FakeAgent;
+  let leaseDir: string;
+  let target: AgentTarget;
 
-test("the agent hangs mid-freeze: create fails within its timeout, and the guest is thawed when the agent comes back", async () => {
-  agent.faults.hangAfterCommand = "guest-fsfreeze-freeze-list";
-  const err = await createWindow({ target, mountpoints: ["/data"], timeouts: { agentSeconds: 0.5, freezeSeconds: 0.5, thawSeconds: 0.5 } }).catch(
-    (e: unknown) => e,
-  );
-  expect(isQuiesceError(err, "AGENT_TIMEOUT")).toBe(true);
-  expect((err as Error).message).toMatch(/MAY BE FROZEN.*watchdog keeps trying/s);
-  expect(agent.status).toBe("frozen");
-  // The lease stays, so the watchdog keeps trying; once the agent answers again, it thaws.
-  expect(await new LocalLeaseStore(leaseDir).read(agent.socketPath)).toBeDefined();
-  agent.resume();
-  await waitForFile(endedPath(), 30_000);
-  expect(agent.status).toBe("thawed");
-});
+  beforeEach(async () => {
+    agent = await FakeAgent.start();
+    leaseDir = fs.mkdtempSync(path.join(os.tmpdir(), "leases-"));
+    target = { socketPath: agent.socketPath, leaseDir };
+  });
+  afterEach(async () => {
+    await agent.stop();
+    fs.rmSync(leaseDir, { recursive: true, force: true });
+  });
 
-test("the watchdog never thaws a freeze that is not its window's", async () => {
-  const w = await createWindow({ target, mountpoints: ["/data"], maxDurationSeconds: 1, thawOnDisconnect: false });
-  // Someone else takes over the guest: the lease now names another window with a later deadline.
-  const store = new LocalLeaseStore(leaseDir);
-  const lease = await store.read(agent.socketPath);
-  await store.write({ ...(lease as NonNullable<typeof lease>), windowId: "qw-someone-else", expiresAt: new Date(Date.now() + 60_000).toISOString() });
-  // Past the first window's deadline the guest is still frozen, because the lease is not its own.
-  const first = await waitForFile(endedPath(), 2_500).catch((e: unknown) => e);
-  expect(first).toBeInstanceOf(Error);
-  expect(agent.status).toBe("frozen");
-  expect((await releaseWindow({ target, windowId: w.windowId })).outcome).toBe("other-window");
-  expect((await releaseWindow({ target, windowId: "qw-someone-else" })).outcome).toBe("released");
+  const endedPath = (): string => path.join(leaseDir, endedFileName(agent.socketPath));
+
+  test("nobody releases: thawed at the deadline, recorded as expired; a later release reports it", async () => {
+    const w = await createWindow({ target, mountpoints: ["/data"], maxDurationSeconds: 1, thawOnDisconnect: false });
+    expect(agent.status).toBe("frozen");
+    // The forced port is the one that runs: only its script was written into the lease directory.
+    const [ours, other] = interpreter === "perl" ? ["watchdog.pl", "watchdog.py"] : ["watchdog.py", "watchdog.pl"];
+    expect(fs.existsSync(path.join(leaseDir, ours))).toBe(true);
+    expect(fs.existsSync(path.join(leaseDir, other))).toBe(false);
+    await waitForFile(endedPath(), 10_000);
+    const thawedAt = Date.now();
+    expect(agent.status).toBe("thawed");
+    expect(thawedAt - Date.parse(w.expiresAt)).toBeLessThan(1_000);
+    expect(await new LocalLeaseStore(leaseDir).read(agent.socketPath)).toBeUndefined();
+    expect((await windowStatus(target, { windowId: w.windowId })).state).toBe("expired");
+    expect((await releaseWindow({ target, windowId: w.windowId })).outcome).toBe("expired");
+  });
+
+  test("the freezing process is killed: the watchdog thaws at once (thawOnDisconnect)", async () => {
+    const script = `
+      const { createWindow } = require("./dist/provider/quiesce/lifecycle");
+      createWindow(JSON.parse(process.argv[1])).then(
+        (w) => console.log(JSON.stringify(w)),
+        (e) => { console.error(e); process.exit(1); });`;
+    const child = spawn(process.execPath, ["-e", script, JSON.stringify({ target, mountpoints: ["/data"], maxDurationSeconds: 300 })], {
+      cwd: repoRoot,
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    const windowId = await new Promise<string>((resolve, reject) => {
+      child.stdout.once("data", (d: Buffer) => resolve((JSON.parse(d.toString()) as { windowId: string }).windowId));
+      child.once("exit", (code) => reject(new Error(`child exited ${code} before creating the window`)));
+    });
+    expect(agent.status).toBe("frozen");
+    child.kill("SIGKILL");
+    const ended = await waitForFile(endedPath(), 10_000);
+    expect(agent.status).toBe("thawed");
+    expect(JSON.parse(ended)).toMatchObject({ windowId, how: "disconnected" });
+    expect((await windowStatus(target, { windowId })).state).toBe("disconnected");
+  });
+
+  test("a released window is disarmed: closing its process later thaws nothing", async () => {
+    const w = await createWindow({ target, mountpoints: ["/data"] });
+    await releaseWindow({ target, windowId: w.windowId });
+    const second = await createWindow({ target, mountpoints: ["/data2"], thawOnDisconnect: false });
+    // The first window's hold is gone; the second window's freeze stays.
+    expect(agent.status).toBe("frozen");
+    // The only ended record is the release's own, not a watchdog thaw.
+    expect(JSON.parse(fs.readFileSync(endedPath(), "utf8"))).toMatchObject({ windowId: w.windowId, how: "released" });
+    await releaseWindow({ target, windowId: second.windowId });
+  });
+
+  test("the agent hangs mid-freeze: create fails within its timeout, and the guest is thawed when the agent comes back", async () => {
+    agent.faults.hangAfterCommand = "guest-fsfreeze-freeze-list";
+    const err = await createWindow({ target, mountpoints: ["/data"], timeouts: { agentSeconds: 0.5, freezeSeconds: 0.5, thawSeconds: 0.5 } }).catch(
+      (e: unknown) => e,
+    );
+    expect(isQuiesceError(err, "AGENT_TIMEOUT")).toBe(true);
+    expect((err as Error).message).toMatch(/MAY BE FROZEN.*watchdog keeps trying/s);
+    expect(agent.status).toBe("frozen");
+    // The lease stays, so the watchdog keeps trying; once the agent answers again, it thaws.
+    expect(await new LocalLeaseStore(leaseDir).read(agent.socketPath)).toBeDefined();
+    agent.resume();
+    await waitForFile(endedPath(), 30_000);
+    expect(agent.status).toBe("thawed");
+  });
+
+  test("the watchdog never thaws a freeze that is not its window's", async () => {
+    const w = await createWindow({ target, mountpoints: ["/data"], maxDurationSeconds: 1, thawOnDisconnect: false });
+    // Someone else takes over the guest: the lease now names another window with a later deadline.
+    const store = new LocalLeaseStore(leaseDir);
+    const lease = await store.read(agent.socketPath);
+    await store.write({ ...(lease as NonNullable<typeof lease>), windowId: "qw-someone-else", expiresAt: new Date(Date.now() + 60_000).toISOString() });
+    // Past the first window's deadline the guest is still frozen, because the lease is not its own.
+    const first = await waitForFile(endedPath(), 2_500).catch((e: unknown) => e);
+    expect(first).toBeInstanceOf(Error);
+    expect(agent.status).toBe("frozen");
+    expect((await releaseWindow({ target, windowId: w.windowId })).outcome).toBe("other-window");
+    expect((await releaseWindow({ target, windowId: "qw-someone-else" })).outcome).toBe("released");
+  });
 });

@@ -1,0 +1,83 @@
+/** Pieces shared by the benchmark parts. */
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { AgentSession } from "../provider/agent/session";
+import { fsfreezeStatus, fsfreezeThaw } from "../provider/agent/commands";
+import { openLocalChannel } from "../provider/transport/local";
+import type { SshConnectionConfig } from "../provider/transport/ssh";
+import type { LabSshd } from "../test/lab/lab";
+import { signalIfAlive } from "../test/lab/process";
+
+/** The repository root. */
+export const repoRoot = path.resolve(__dirname, "..");
+
+/** Progress reporter (stderr by default). */
+export type Log = (line: string) => void;
+
+/** Writes progress lines to stderr. */
+export const stderrLog: Log = (line) => process.stderr.write(`bench: ${line}\n`);
+
+/**
+ * sshd_config lines for every lab sshd of the benchmarks. `SetEnv SHLVL=1` keeps bash from sourcing root's
+ * ~/.bashrc for each exec (bash does so when run by sshd at shell level 1): on these machines that file runs
+ * `pyenv init`, which makes every exec cost ~600 ms instead of ~30 ms. The benchmark must not charge that to
+ * the exec-based alternative (nor to the watchdog start), so execs here cost what they cost on a plain host.
+ */
+export const SSHD_EXTRA_CONFIG = "SetEnv SHLVL=1";
+
+/** Connection settings for a lab sshd. */
+export function connectionFor(sshd: LabSshd, extra: Partial<SshConnectionConfig> = {}): SshConnectionConfig {
+  return { host: sshd.host, port: sshd.port, user: sshd.user, privateKey: sshd.privateKey, knownHostsPath: sshd.knownHostsPath, ...extra };
+}
+
+/** A fresh temporary directory for one benchmark part (short path: UNIX socket paths are limited to 107 bytes). */
+export function tempDir(prefix: string): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), `qbench-${prefix}-`));
+}
+
+/** Thaws a guest through its local socket whatever holds it (used only to clean up after a failed run). */
+export async function thawLocal(socketPath: string): Promise<void> {
+  const channel = await openLocalChannel(socketPath);
+  const session = await AgentSession.open(channel.stream, { target: `cleanup:${socketPath}` });
+  try {
+    await fsfreezeThaw(session);
+    const status = await fsfreezeStatus(session);
+    if (status !== "thawed") throw new Error(`cleanup: ${socketPath} still reports ${status} after a thaw`);
+  } finally {
+    session.close();
+  }
+}
+
+function watchdogPid(leaseDir: string): number | undefined {
+  let log: string;
+  try {
+    log = fs.readFileSync(path.join(leaseDir, "watchdog.log"), "utf8");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw err;
+  }
+  const pids = [...log.matchAll(/serving .* \(pid (\d+)\)/g)].map((m) => Number(m[1]));
+  return pids[pids.length - 1];
+}
+
+function isWatchdogOf(pid: number, leaseDir: string): boolean {
+  try {
+    const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8");
+    return cmdline.includes("watchdog.py") && cmdline.includes(leaseDir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return false;
+    throw err;
+  }
+}
+
+/**
+ * Removes a lease directory the benchmark made and stops the watchdog that served it. The watchdog leaves
+ * by itself once its directory is gone; it is also sent SIGTERM by its PID (read from its own log, and
+ * checked against its command line), so nothing of ours outlives the run.
+ */
+export function removeLeaseDir(leaseDir: string): void {
+  const pid = watchdogPid(leaseDir);
+  if (pid !== undefined && isWatchdogOf(pid, leaseDir)) signalIfAlive(pid, "SIGTERM");
+  fs.rmSync(leaseDir, { recursive: true, force: true });
+}

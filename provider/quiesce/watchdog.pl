@@ -1,0 +1,431 @@
+#!/usr/bin/env perl
+# pulumi-quiesce watchdog, perl port of watchdog.py (same behaviour, same protocol, same files), for hosts
+# that have perl but no python3 (DESIGN.md, "The lease and the watchdog"). Core modules only.
+#
+# It ends every freeze whose owner can no longer end it:
+#   - at the lease deadline (expiresAt), for every lease file in the directory;
+#   - when a holder's channel closes without DISARM (thawOnDisconnect): the process that froze is gone.
+# It thaws a guest only if the lease still names the window it is acting for, and it reads the lease only
+# while it holds the guest's agent channel (the chardev serves one client at a time), so it can never race
+# a create or a release of another window. It records how each window ended in <lease>.ended.json.
+#
+# Protocol on <dir>/watchdog.sock, one line per message:
+#   PING                    -> PONG <version>
+#   HOLD <windowId> <file>  -> OK      (this connection holds the window; <file> is the lease file name)
+#   DISARM <windowId>       -> OK      (released by its owner: closing the connection no longer thaws)
+# Started with --foreground for tests; otherwise it daemonizes after binding and prints READY first.
+use strict;
+use warnings;
+
+use Errno ();
+use File::Path qw(make_path);
+use File::Spec;
+use IO::Handle;
+use IO::Select;
+use IO::Socket::UNIX;
+use JSON::PP;
+use POSIX ();
+use Scalar::Util qw(looks_like_number);
+use Socket ();
+use Time::HiRes ();
+use Time::Local qw(timegm);
+
+my $VERSION = "1";
+my $SCAN_INTERVAL = 0.1;    # seconds between lease scans: the deadline is honoured within this plus the thaw
+my $AGENT_TIMEOUT = 10.0;   # seconds to get an agent sync or reply
+my $IDLE_EXIT = 60.0;       # exit after this long with no lease and no holder
+
+my $JSON = JSON::PP->new->utf8->canonical;
+
+sub now { return Time::HiRes::time() }
+
+sub utc_stamp { return POSIX::strftime("%Y-%m-%dT%H:%M:%SZ", gmtime()) }
+
+# Appends one line to <dir>/watchdog.log. Never dies: a log that cannot be written must not stop thawing.
+sub log_line {
+    my ($dir, $msg) = @_;
+    if (open(my $f, '>>', File::Spec->catfile($dir, "watchdog.log"))) {
+        print {$f} utc_stamp() . " $msg\n";
+        close($f);
+    }
+    return;
+}
+
+# The JSON object in a file, or undef when it is missing, unreadable, not JSON or not an object.
+sub read_json {
+    my ($path) = @_;
+    open(my $f, '<:raw', $path) or return undef;
+    local $/;
+    my $text = <$f>;
+    close($f);
+    return undef unless defined $text;
+    my $value = eval { $JSON->decode($text) };
+    return ref($value) eq 'HASH' ? $value : undef;
+}
+
+sub write_json_atomic {
+    my ($path, $value) = @_;
+    my $tmp = "$path.$$.tmp";
+    my $text = $JSON->encode($value) . "\n";
+    open(my $f, '>:raw', $tmp) or die "cannot write $tmp: $!\n";
+    print {$f} $text or die "cannot write $tmp: $!\n";
+    close($f) or die "cannot write $tmp: $!\n";
+    rename($tmp, $path) or die "cannot rename $tmp: $!\n";
+    return;
+}
+
+# ISO 8601 UTC as written by the lifecycle: 2026-11-26T06:15:43.123Z. Dies on anything else.
+sub parse_time {
+    my ($s) = @_;
+    die "not a string\n" if !defined($s) || ref($s);
+    my ($y, $mo, $d, $h, $mi, $sec, $frac) =
+        $s =~ /\A(\d{4})-(\d{1,2})-(\d{1,2})T(\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d+))?Z*\z/
+        or die "not an ISO 8601 UTC time\n";
+    # timegm, not POSIX::mktime: mktime reads the fields as local time.
+    my $t = timegm($sec, $mi, $h, $d, $mo - 1, $y);
+    return $t + (defined $frac ? "0.$frac" : 0);
+}
+
+# Whether a lease (a hash or undef) names window $id.
+sub names_window {
+    my ($lease, $id) = @_;
+    return $lease && defined($lease->{windowId}) && !ref($lease->{windowId}) && $lease->{windowId} eq $id;
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# A minimal QGA client: 0xFF + guest-sync-delimited, then one command at a time (AGENT-FACTS.md).
+package QuiesceAgent;
+
+sub new {
+    my ($class, $path) = @_;
+    my $sock = IO::Socket::UNIX->new(Type => Socket::SOCK_STREAM(), Peer => $path, Timeout => $AGENT_TIMEOUT)
+        or die "cannot connect to the agent at $path: " . ($! || $@) . "\n";
+    binmode($sock);
+    return bless { sock => $sock, buf => "" }, $class;
+}
+
+sub close {
+    my ($self) = @_;
+    CORE::close($self->{sock}) if $self->{sock};
+    $self->{sock} = undef;
+    return;
+}
+
+sub _send {
+    my ($self, $bytes, $deadline) = @_;
+    my $sel = IO::Select->new($self->{sock});
+    while (length $bytes) {
+        my $remaining = $deadline - main::now();
+        die "agent did not accept the command\n" if $remaining <= 0;
+        next unless $sel->can_write($remaining);
+        my $n = syswrite($self->{sock}, $bytes);
+        if (!defined $n) {
+            next if $! == Errno::EINTR() || $! == Errno::EAGAIN() || $! == Errno::EWOULDBLOCK();
+            die "agent channel write failed: $!\n";
+        }
+        substr($bytes, 0, $n) = "";
+    }
+    return;
+}
+
+sub _line {
+    my ($self, $deadline) = @_;
+    my $sel = IO::Select->new($self->{sock});
+    while (index($self->{buf}, "\n") < 0) {
+        my $remaining = $deadline - main::now();
+        die "agent did not answer\n" if $remaining <= 0;
+        next unless $sel->can_read($remaining);
+        my $n = sysread($self->{sock}, my $chunk, 65536);
+        if (!defined $n) {
+            next if $! == Errno::EINTR() || $! == Errno::EAGAIN() || $! == Errno::EWOULDBLOCK();
+            die "agent channel read failed: $!\n";
+        }
+        die "agent channel closed\n" if $n == 0;
+        $self->{buf} .= $chunk;
+    }
+    my $nl = index($self->{buf}, "\n");
+    my $line = substr($self->{buf}, 0, $nl);
+    substr($self->{buf}, 0, $nl + 1) = "";
+    return $line;
+}
+
+sub sync {
+    my ($self) = @_;
+    my $sync_id = 1 + int(rand(2**31 - 2));
+    my $deadline = main::now() + $AGENT_TIMEOUT;
+    $self->_send("\xff" . $JSON->encode({ execute => "guest-sync-delimited", arguments => { id => $sync_id } }) . "\n", $deadline);
+    $deadline = main::now() + $AGENT_TIMEOUT;
+    while (1) {
+        my $line = $self->_line($deadline);
+        my $at = rindex($line, "\xff");
+        next if $at < 0;
+        my $reply = eval { $JSON->decode(substr($line, $at + 1)) };
+        # A stale or partial line: keep discarding until our own reply.
+        next unless ref($reply) eq 'HASH';
+        my $r = $reply->{return};
+        return if defined($r) && !ref($r) && main::looks_like_number($r) && $r == $sync_id;
+    }
+}
+
+sub execute {
+    my ($self, $command) = @_;
+    $self->_send($JSON->encode({ execute => $command }) . "\n", main::now() + $AGENT_TIMEOUT);
+    my $line = $self->_line(main::now() + $AGENT_TIMEOUT);
+    my $reply = eval { $JSON->decode($line) };
+    die "$command: the agent's reply is not a JSON object\n" unless ref($reply) eq 'HASH';
+    if (exists $reply->{error}) {
+        my $desc = ref($reply->{error}) eq 'HASH' ? $reply->{error}{desc} : undef;
+        die "$command: " . (defined $desc ? $desc : "(no description)") . "\n";
+    }
+    return $reply->{return};
+}
+
+# ---------------------------------------------------------------------------------------------------------
+package QuiesceWatchdog;
+
+use Errno qw(EADDRINUSE EAGAIN EINTR EWOULDBLOCK);
+use Socket qw(AF_UNIX SOCK_STREAM pack_sockaddr_un);
+
+sub new {
+    my ($class, $dir) = @_;
+    return bless {
+        dir       => $dir,
+        sock_path => File::Spec->catfile($dir, "watchdog.sock"),
+        conns     => {},    # key -> connection
+        holders   => {},    # key -> {windowId => leaseFile}
+        buffers   => {},    # key -> bytes not yet split into lines
+        pending   => {},    # lease file -> window id, disconnect thaws to retry
+        last_busy => main::now(),
+    }, $class;
+}
+
+# The listening socket, or undef when another watchdog serves this directory.
+sub bind_socket {
+    my ($self) = @_;
+    my $path = $self->{sock_path};
+    my $addr = pack_sockaddr_un($path);
+    socket(my $server, AF_UNIX, SOCK_STREAM, 0) or die "socket: $!\n";
+    if (!bind($server, $addr)) {
+        die "cannot bind $path: $!\n" unless $! == EADDRINUSE;
+        socket(my $probe, AF_UNIX, SOCK_STREAM, 0) or die "socket: $!\n";
+        if (connect($probe, $addr)) {
+            CORE::close($probe);
+            CORE::close($server);
+            return undef;    # another watchdog serves this directory
+        }
+        CORE::close($probe);
+        unlink($path);    # stale socket of a dead watchdog
+        bind($server, $addr) or die "cannot bind $path: $!\n";
+    }
+    chmod(0600, $path);
+    listen($server, 128) or die "cannot listen on $path: $!\n";
+    $server->blocking(0);
+    return $server;
+}
+
+# Thaws the guest of $lease_file if its lease still names $window_id; records how the window ended.
+# Returns true when nothing is left to do, false when the thaw must be retried.
+sub end_window {
+    my ($self, $lease_file, $window_id, $how) = @_;
+    my $path = File::Spec->catfile($self->{dir}, $lease_file);
+    my $lease = main::read_json($path);
+    return 1 unless main::names_window($lease, $window_id);
+    my $agent;
+    my $done = eval {
+        my $socket_path = $lease->{socketPath};
+        die "the lease has no socketPath\n" if !defined($socket_path) || ref($socket_path);
+        $agent = QuiesceAgent->new($socket_path);
+        $agent->sync();
+        # Re-read under the agent channel: nobody else can change the guest's freeze meanwhile.
+        return 1 unless main::names_window(main::read_json($path), $window_id);
+        my $thawed = $agent->execute("guest-fsfreeze-thaw");
+        my $status = $agent->execute("guest-fsfreeze-status");
+        (my $ended = $path) =~ s/\.json\z/.ended.json/;
+        main::write_json_atomic($ended, {
+            windowId => $window_id, how => $how, at => main::utc_stamp(), thawedCount => $thawed, status => $status,
+        });
+        unlink($path);
+        main::log_line($self->{dir}, sprintf("window %s ended (%s): thawed %s, status %s",
+            $window_id, $how, show($thawed), show($status)));
+        1;
+    };
+    my $err = $@;
+    $agent->close() if $agent;
+    return 1 if $done;
+    chomp($err = $err || "unknown error");
+    # Logged, and retried on the next scan while the lease remains.
+    main::log_line($self->{dir}, "window $window_id: thaw ($how) failed, will retry: $err");
+    return 0;
+}
+
+# A JSON value for the log, without touching the value itself (so it stays a number in the ended record).
+sub show {
+    my ($v) = @_;
+    return "None" unless defined $v;
+    return ref($v) ? $JSON->encode($v) : $JSON->encode([$v]) =~ s/\A\[|\]\z//gr;
+}
+
+sub scan {
+    my ($self) = @_;
+    my $now = main::now();
+    my $any_lease = 0;
+    # Thaws owed to holders that went away but could not be done yet (agent busy or not answering).
+    for my $lease_file (sort keys %{ $self->{pending} }) {
+        delete $self->{pending}{$lease_file}
+            if $self->end_window($lease_file, $self->{pending}{$lease_file}, "disconnected");
+    }
+    opendir(my $dh, $self->{dir}) or return;
+    my @names = sort grep { /\.json\z/ && !/\.ended\.json\z/ } readdir($dh);
+    closedir($dh);
+    for my $name (@names) {
+        my $lease = main::read_json(File::Spec->catfile($self->{dir}, $name));
+        next if !$lease || !exists $lease->{expiresAt};
+        $any_lease = 1;
+        my $expires = eval { main::parse_time($lease->{expiresAt}) };
+        if (!defined $expires) {
+            main::log_line($self->{dir}, sprintf("lease %s has a bad expiresAt %s", $name, show($lease->{expiresAt})));
+            next;
+        }
+        my $window_id = $lease->{windowId};
+        if (!defined($window_id) || ref($window_id)) {
+            main::log_line($self->{dir}, "lease $name has no windowId");
+            next;
+        }
+        $self->end_window($name, $window_id, "expired") if $expires <= $now;
+    }
+    $self->{last_busy} = $now if $any_lease || %{ $self->{holders} } || %{ $self->{pending} };
+    return;
+}
+
+sub reply {
+    my ($conn, $text) = @_;
+    # A client that went away is noticed by the read side (EOF), which also does what its leaving means.
+    syswrite($conn, $text);
+    return;
+}
+
+sub on_line {
+    my ($self, $key, $line) = @_;
+    my $conn = $self->{conns}{$key};
+    my @parts = split ' ', $line;
+    return unless @parts;
+    if ($parts[0] eq "PING") {
+        reply($conn, "PONG $VERSION\n");
+    } elsif ($parts[0] eq "HOLD" && @parts == 3 && index($parts[2], "/") < 0) {
+        $self->{holders}{$key}{ $parts[1] } = $parts[2];
+        reply($conn, "OK\n");
+    } elsif ($parts[0] eq "DISARM" && @parts == 2) {
+        delete $self->{holders}{$key}{ $parts[1] } if $self->{holders}{$key};
+        reply($conn, "OK\n");
+    } else {
+        reply($conn, "ERR unknown command\n");
+    }
+    return;
+}
+
+sub drop {
+    my ($self, $key) = @_;
+    my $windows = delete($self->{holders}{$key}) || {};
+    delete $self->{buffers}{$key};
+    my $conn = delete $self->{conns}{$key};
+    CORE::close($conn) if $conn;
+    for my $window_id (sort keys %$windows) {
+        $self->{pending}{ $windows->{$window_id} } = $window_id
+            unless $self->end_window($windows->{$window_id}, $window_id, "disconnected");
+    }
+    return;
+}
+
+sub serve {
+    my ($self, $server) = @_;
+    my $sel = IO::Select->new($server);
+    while (1) {
+        my @readable = $sel->can_read($SCAN_INTERVAL);
+        for my $r (@readable) {
+            if ($r == $server) {
+                my $conn;
+                next unless accept($conn, $server);
+                $conn->blocking(1);
+                binmode($conn);
+                $self->{conns}{"$conn"} = $conn;
+                $self->{buffers}{"$conn"} = "";
+                $sel->add($conn);
+                next;
+            }
+            my $key = "$r";
+            my $n = sysread($r, my $data, 4096);
+            next if !defined($n) && ($! == EINTR || $! == EAGAIN || $! == EWOULDBLOCK);
+            if (!$n) {
+                $sel->remove($r);
+                $self->drop($key);
+                next;
+            }
+            $self->{buffers}{$key} .= $data;
+            while ((my $nl = index($self->{buffers}{$key}, "\n")) >= 0) {
+                my $line = substr($self->{buffers}{$key}, 0, $nl);
+                substr($self->{buffers}{$key}, 0, $nl + 1) = "";
+                $self->on_line($key, $line);
+            }
+        }
+        return unless -d $self->{dir};    # the lease directory was removed: nothing left to watch
+        # A scan never stops the watchdog: whatever failed is logged and tried again on the next one.
+        main::log_line($self->{dir}, "scan failed: " . ($@ || "unknown error")) unless eval { $self->scan(); 1 };
+        if (!%{ $self->{conns} } && main::now() - $self->{last_busy} > $IDLE_EXIT) {
+            main::log_line($self->{dir}, "idle, exiting");
+            unlink($self->{sock_path});
+            return;
+        }
+    }
+}
+
+# ---------------------------------------------------------------------------------------------------------
+package main;
+
+sub main {
+    my @args = grep { !/\A--/ } @ARGV;
+    my $foreground = grep { $_ eq "--foreground" } @ARGV;
+    my $dir = $args[0];
+    if (!defined $dir) {
+        print STDERR "usage: watchdog.pl DIR [--foreground]\n";
+        exit 2;
+    }
+    $SIG{PIPE} = 'IGNORE';    # a client that went away must not kill the watchdog
+    STDOUT->autoflush(1);
+    make_path($dir, { mode => 0700 }) unless -d $dir;
+    die "cannot create $dir\n" unless -d $dir;
+    my $w = QuiesceWatchdog->new($dir);
+    my $server = $w->bind_socket();
+    if (!$server) {
+        print "READY already-running\n";
+        return;
+    }
+    if (!$foreground) {
+        # Detach: survive the SSH session that started us (new session, no controlling terminal).
+        my $pid = fork();
+        die "fork: $!\n" unless defined $pid;
+        if ($pid > 0) {
+            print "READY started\n";
+            POSIX::_exit(0);
+        }
+        POSIX::setsid();
+        $SIG{HUP} = 'IGNORE';
+        $pid = fork();
+        POSIX::_exit(1) unless defined $pid;
+        POSIX::_exit(0) if $pid > 0;
+        my $devnull = POSIX::open(File::Spec->devnull, POSIX::O_RDWR());
+        POSIX::dup2($devnull, $_) for 0, 1, 2;
+        POSIX::close($devnull) if $devnull > 2;
+    } else {
+        print "READY foreground\n";
+    }
+    log_line($dir, "watchdog $VERSION (perl) serving $dir (pid $$)");
+    $w->serve($server);
+    return;
+}
+
+# An error before the daemon serves exits 1 with its message on stderr (never a code the client reads as
+# "no interpreter").
+if (!eval { main(); 1 }) {
+    print STDERR "watchdog: " . ($@ || "unknown error");
+    exit 1;
+}
