@@ -216,7 +216,8 @@ export class HostSnapshot extends pulumi.dynamic.Resource {
         stderr: undefined,
         commandMs: undefined,
       },
-      afterWindow(opts, w),
+      // The environment may carry secrets nested in its map, and the command may print them.
+      afterWindow(opts, w, ["environment", "stdout", "stderr"]),
       "quiesce",
       "HostSnapshot",
     );
@@ -229,8 +230,16 @@ function windowTarget(w: QuiesceWindow): pulumi.Inputs {
 }
 
 /** Options of a resource that acts on a window: it depends on the window, and its connection output is secret. */
-function afterWindow(opts: pulumi.CustomResourceOptions | undefined, w: QuiesceWindow): pulumi.CustomResourceOptions {
-  return { ...opts, dependsOn: mergeDependsOn(opts?.dependsOn, w), additionalSecretOutputs: [...(opts?.additionalSecretOutputs ?? []), "connection"] };
+function afterWindow(
+  opts: pulumi.CustomResourceOptions | undefined,
+  w: QuiesceWindow,
+  secretOutputs: string[] = [],
+): pulumi.CustomResourceOptions {
+  return {
+    ...opts,
+    dependsOn: mergeDependsOn(opts?.dependsOn, w),
+    additionalSecretOutputs: [...(opts?.additionalSecretOutputs ?? []), "connection", ...secretOutputs],
+  };
 }
 
 function mergeDependsOn(

@@ -20,6 +20,7 @@ import {
   type ReleaseResult,
 } from "../quiesce/lifecycle";
 import { describeFilesystems } from "../quiesce/plan";
+import { dropAllHolds } from "../quiesce/watchdog";
 import { defaultSshPool, shellQuote, type SshConnectionConfig } from "../transport/ssh";
 
 /** Exit code of a usage error (bad or missing options). */
@@ -59,7 +60,8 @@ function parseNumber(value: string | undefined, name: string, min: number, max: 
 function parseJump(spec: string, base: SshConnectionConfig): SshConnectionConfig {
   const m = /^(?:([^@]+)@)?([^:]+)(?::(\d+))?$/.exec(spec);
   if (!m) throw new UsageError(`--jump must look like user@host:port; got ${JSON.stringify(spec)}`);
-  return { ...base, user: m[1] ?? base.user, host: m[2], port: m[3] ? Number(m[3]) : 22, proxy: undefined };
+  // The bastion is verified through known_hosts (or its absence refused); the target's pinned key is not its key.
+  return { ...base, user: m[1] ?? base.user, host: m[2], port: m[3] ? Number(m[3]) : 22, hostKey: undefined, proxy: undefined };
 }
 
 /** Builds the agent target from the TARGET options. */
@@ -140,6 +142,8 @@ async function execute(o: TargetOptions, body: () => Promise<{ result: Result; h
     process.stderr.write(`quiesce: error: ${(err as Error).message}\n`);
     process.exitCode = usage ? EXIT_USAGE : EXIT_FAILURE;
   } finally {
+    // Nothing may keep the CLI alive: a window still held here (a failed release) is left to the watchdog.
+    dropAllHolds();
     defaultSshPool.closeAll();
   }
 }
@@ -227,7 +231,8 @@ export function buildProgram(): Command {
           }
           return { result: { outcome: "not-held", thawedCount: 0 }, human: "already thawed" };
         }
-        const mine = o.window ? lease.windowId === o.window : lease.owner.startsWith("cli:");
+        // Without --window, only a window this user made on this machine is "mine".
+        const mine = o.window ? lease.windowId === o.window : lease.owner === cliOwner();
         if (!mine) {
           throw new QuiesceError(
             "NOT_OWNER",

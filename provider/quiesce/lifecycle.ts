@@ -272,22 +272,26 @@ export async function createWindow(request: CreateWindowRequest, deps: Lifecycle
     if ((await fsfreezeStatus(session, { signal })) === "frozen") throw alreadyFrozen(label, await store.read(target.socketPath));
     // 2. fsfreeze is enabled (an administrator can block commands).
     const info = await getInfo(session, { signal });
-    const needed = ["guest-fsfreeze-status", "guest-fsfreeze-thaw", "guest-get-fsinfo", "guest-fsfreeze-freeze-list", "guest-fsfreeze-freeze"];
-    const disabled = needed.filter((name) => !info.commands.some((c) => c.name === name && c.enabled));
-    if (disabled.length > 0) {
-      throw new QuiesceError(
-        "AGENT_FSFREEZE_DISABLED",
-        `${label}: the guest agent (qemu-ga ${info.version}) does not offer ${disabled.join(", ")}. Enable them in the ` +
-          "guest (qemu-ga --block-rpcs / --allow-rpcs, or /etc/qemu/qemu-ga.conf).",
-        { target: label, disabled },
-      );
-    }
+    const requireEnabled = (needed: string[]): void => {
+      const disabled = needed.filter((name) => !info.commands.some((c) => c.name === name && c.enabled));
+      if (disabled.length > 0) {
+        throw new QuiesceError(
+          "AGENT_FSFREEZE_DISABLED",
+          `${label}: the guest agent (qemu-ga ${info.version}) does not offer ${disabled.join(", ")}. Enable them in the ` +
+            "guest (qemu-ga --block-rpcs / --allow-rpcs, or /etc/qemu/qemu-ga.conf). Nothing was frozen.",
+          { target: label, disabled },
+        );
+      }
+    };
+    requireEnabled(["guest-fsfreeze-status", "guest-fsfreeze-thaw", "guest-get-fsinfo"]);
     // 3. Resolve the selection before freezing: fsinfo is refused once frozen.
     const filesystems = await getFsinfo(session, { signal });
     const plan = planFreeze(request, filesystems, label);
     if (plan.mountpoints.length === 0) {
       throw new QuiesceError("UNKNOWN_MOUNTPOINT", `${label}: the guest agent reports no filesystems to freeze. Nothing was frozen.`, { target: label });
     }
+    // Only the freeze command this plan uses must be enabled.
+    requireEnabled([plan.all ? "guest-fsfreeze-freeze" : "guest-fsfreeze-freeze-list"]);
     // 4. The watchdog must run before anything is frozen: it is what ends the freeze if all else fails.
     const pool = deps.pool ?? defaultSshPool;
     await ensureWatchdog(target, pool, signal);
@@ -317,8 +321,12 @@ export async function createWindow(request: CreateWindowRequest, deps: Lifecycle
     const failed = async (err: unknown, what: string): Promise<unknown> => {
       const { error, thawed } = await thawAfterFailure(target, session, request.timeouts, deps, err, what);
       if (thawed) {
-        await store.remove(target.socketPath);
-        await hold?.disarm();
+        try {
+          // Compare-and-delete: if our session was lost, another window may have claimed the guest since.
+          if ((await store.read(target.socketPath))?.windowId === windowId) await store.remove(target.socketPath);
+        } finally {
+          await hold?.disarm();
+        }
       } else {
         // Could not thaw: keep the lease and let the hold go, so the watchdog keeps trying until the agent answers.
         hold?.drop();
@@ -462,7 +470,12 @@ export async function releaseWindow(request: ReleaseRequest, deps: LifecycleDeps
     }
     await store.remove(target.socketPath);
     await heldHere(windowId)?.disarm();
-    if (agentStatus === "frozen") await store.writeEnded(target.socketPath, { windowId, how: "released", at: new Date(now()).toISOString() });
+    if (agentStatus === "frozen") {
+      // Best effort: the thaw is done and verified; a failed record must not turn it into a failed release.
+      await store.writeEnded(target.socketPath, { windowId, how: "released", at: new Date(now()).toISOString() }).catch((err: unknown) => {
+        process.stderr.write(`pulumi-quiesce: ${label}: window ${windowId} released, but its ended record was not written: ${(err as Error).message}\n`);
+      });
+    }
     return {
       outcome: state === "held" ? "released" : (state as ReleaseResult["outcome"]),
       heldMs,

@@ -240,11 +240,13 @@ sub end_window {
         return 1 unless main::names_window(main::read_json($path), $window_id);
         my $thawed = $agent->execute("guest-fsfreeze-thaw");
         my $status = $agent->execute("guest-fsfreeze-status");
+        # Only a verified thaw ends the window; otherwise the lease stays and the thaw is retried.
+        die sprintf("status is %s after the thaw\n", show($status)) if !defined($status) || ref($status) || $status ne "thawed";
         (my $ended = $path) =~ s/\.json\z/.ended.json/;
+        unlink($path);
         main::write_json_atomic($ended, {
             windowId => $window_id, how => $how, at => main::utc_stamp(), thawedCount => $thawed, status => $status,
         });
-        unlink($path);
         main::log_line($self->{dir}, sprintf("window %s ended (%s): thawed %s, status %s",
             $window_id, $how, show($thawed), show($status)));
         1;

@@ -13,7 +13,7 @@
 #   HOLD <windowId> <file>  -> OK      (this connection holds the window; <file> is the lease file name)
 #   DISARM <windowId>       -> OK      (released by its owner: closing the connection no longer thaws)
 # Started with --foreground for tests; otherwise it daemonizes after binding and prints READY first.
-import calendar, errno, json, os, random, select, signal, socket, sys, time
+import calendar, errno, json, os, random, re, select, signal, socket, sys, threading, time, traceback
 
 VERSION = "1"
 SCAN_INTERVAL = 0.1        # seconds between lease scans: the deadline is honoured within this plus the thaw
@@ -21,23 +21,41 @@ AGENT_TIMEOUT = 10.0       # seconds to get an agent sync or reply
 IDLE_EXIT = 60.0           # exit after this long with no lease and no holder
 
 
+LEASE_NAME = re.compile(r"^[0-9a-f]{32}\.json$")
+RETRY_MAX = 5.0            # seconds: a failing thaw is retried with backoff up to this interval
+_log_lock = threading.Lock()
+
+
 def log(dirpath, msg):
-    with open(os.path.join(dirpath, "watchdog.log"), "a") as f:
-        f.write("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), msg))
+    # Logging must never take the daemon down (a full /run, a removed directory).
+    try:
+        with _log_lock, open(os.path.join(dirpath, "watchdog.log"), "a") as f:
+            f.write("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), msg))
+    except OSError:
+        pass
 
 
 def read_json(path):
     try:
         with open(path) as f:
             return json.load(f)
-    except FileNotFoundError:
+    except (OSError, ValueError):
         return None
-    except ValueError:
+
+
+def read_lease(path):
+    """A lease record, or None when missing or not a valid lease (never raises)."""
+    lease = read_json(path)
+    if not isinstance(lease, dict):
         return None
+    for key in ("windowId", "socketPath", "frozenAt", "expiresAt"):
+        if not isinstance(lease.get(key), str):
+            return None
+    return lease
 
 
 def write_json_atomic(path, value):
-    tmp = "%s.%d.tmp" % (path, os.getpid())
+    tmp = "%s.%d.%d.tmp" % (path, os.getpid(), threading.get_ident())
     with open(tmp, "w") as f:
         json.dump(value, f)
         f.write("\n")
@@ -105,9 +123,13 @@ class Watchdog:
     def __init__(self, dirpath):
         self.dir = dirpath
         self.sock_path = os.path.join(dirpath, "watchdog.sock")
+        self.sock_ino = None
         self.holders = {}      # connection -> {windowId: leaseFile}
         self.buffers = {}
-        self.pending = {}      # lease file -> window id, disconnect thaws to retry
+        self.pending = {}      # lease file -> (window id, how): thaws owed, retried with backoff
+        self.retry_at = {}     # lease file -> (next attempt time, current backoff)
+        self.in_flight = set() # lease files with a thaw running in a worker thread
+        self.lock = threading.Lock()
         self.last_busy = time.time()
 
     def bind(self):
@@ -122,18 +144,40 @@ class Watchdog:
                 probe.connect(self.sock_path)
                 probe.close()
                 return None  # another watchdog serves this directory
-            except OSError:
+            except OSError as ce:
+                if ce.errno in (errno.EAGAIN, errno.ECONNREFUSED) and self._alive_soon():
+                    return None  # a watchdog is starting (bound, not yet listening) or busy
                 os.unlink(self.sock_path)  # stale socket of a dead watchdog
                 server.bind(self.sock_path)
         os.chmod(self.sock_path, 0o600)
-        server.listen(128)
+        server.listen(512)
         server.setblocking(False)
+        self.sock_ino = os.stat(self.sock_path).st_ino
         return server
 
+    def _alive_soon(self):
+        # Another starter may be between bind() and listen(): give it a moment before calling its socket stale.
+        for _ in range(20):
+            time.sleep(0.05)
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(self.sock_path)
+                probe.close()
+                return True
+            except OSError:
+                probe.close()
+        return False
+
+    def deadline(self, path, lease):
+        # The deadline is enforced on this host's clock: lease length (from the record) after the lease file was
+        # written here (its mtime), so a skewed clock on the client cannot stretch or cut the freeze.
+        length = parse_time(lease["expiresAt"]) - parse_time(lease["frozenAt"])
+        return os.stat(path).st_mtime + max(0.0, length)
+
     def end_window(self, lease_file, window_id, how):
-        """Thaws the guest of lease_file if its lease still names window_id; records how the window ended."""
+        """Thaws the guest of lease_file if its lease still names window_id. True when nothing is owed anymore."""
         path = os.path.join(self.dir, lease_file)
-        lease = read_json(path)
+        lease = read_lease(path)
         if not lease or lease.get("windowId") != window_id:
             return True
         agent = None
@@ -141,71 +185,119 @@ class Watchdog:
             agent = Agent(lease["socketPath"])
             agent.sync()
             # Re-read under the agent channel: nobody else can change the guest's freeze meanwhile.
-            lease = read_json(path)
+            lease = read_lease(path)
             if not lease or lease.get("windowId") != window_id:
                 return True
             thawed = agent.execute("guest-fsfreeze-thaw")
             status = agent.execute("guest-fsfreeze-status")
+            if status != "thawed":
+                log(self.dir, "window %s: thaw returned %r but status is %r; keeping the lease, will retry" % (window_id, thawed, status))
+                return False
+            # The lease goes first: once it is gone the window is over, whatever happens to the record.
+            os.unlink(path)
             write_json_atomic(path[: -len(".json")] + ".ended.json", {
                 "windowId": window_id, "how": how, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "thawedCount": thawed, "status": status,
             })
-            os.unlink(path)
             log(self.dir, "window %s ended (%s): thawed %s, status %s" % (window_id, how, thawed, status))
             return True
-        except Exception as e:  # noqa: BLE001 - logged, and retried on the next scan while the lease remains
+        except FileNotFoundError:
+            if not os.path.exists(lease["socketPath"]):
+                log(self.dir, "window %s: agent socket %s is gone (VM stopped?), will retry" % (window_id, lease["socketPath"]))
+            return False
+        except Exception as e:  # noqa: BLE001 - logged, and retried with backoff while the lease remains
             log(self.dir, "window %s: thaw (%s) failed, will retry: %r" % (window_id, how, e))
             return False
         finally:
             if agent:
                 agent.close()
 
+    def owe(self, lease_file, window_id, how):
+        """Schedules a thaw in a worker thread (one per lease at a time), so a silent agent delays no other guest."""
+        now = time.time()
+        with self.lock:
+            if lease_file in self.in_flight:
+                self.pending.setdefault(lease_file, (window_id, how))
+                return
+            due, _ = self.retry_at.get(lease_file, (0.0, 0.0))
+            if due > now:
+                self.pending.setdefault(lease_file, (window_id, how))
+                return
+            self.in_flight.add(lease_file)
+            self.pending.pop(lease_file, None)
+
+        def work():
+            done = False
+            try:
+                done = self.end_window(lease_file, window_id, how)
+            finally:
+                with self.lock:
+                    self.in_flight.discard(lease_file)
+                    if done:
+                        self.retry_at.pop(lease_file, None)
+                    else:
+                        _, backoff = self.retry_at.get(lease_file, (0.0, 0.0))
+                        backoff = min(RETRY_MAX, max(0.2, backoff * 2))
+                        self.retry_at[lease_file] = (time.time() + backoff, backoff)
+                        if how == "disconnected":
+                            self.pending[lease_file] = (window_id, how)
+
+        threading.Thread(target=work, daemon=True).start()
+
     def scan(self):
         now = time.time()
         any_lease = False
-        # Thaws owed to holders that went away but could not be done yet (agent busy or not answering).
-        for lease_file, window_id in list(self.pending.items()):
-            if self.end_window(lease_file, window_id, "disconnected"):
-                del self.pending[lease_file]
+        with self.lock:
+            owed = list(self.pending.items())
+        for lease_file, (window_id, how) in owed:
+            self.owe(lease_file, window_id, how)
         for name in os.listdir(self.dir):
-            if not name.endswith(".json") or name.endswith(".ended.json"):
+            if not LEASE_NAME.match(name):
                 continue
-            lease = read_json(os.path.join(self.dir, name))
-            if not lease or "expiresAt" not in lease:
+            path = os.path.join(self.dir, name)
+            lease = read_lease(path)
+            if not lease:
                 continue
             any_lease = True
             try:
-                expires = parse_time(lease["expiresAt"])
-            except ValueError:
-                log(self.dir, "lease %s has a bad expiresAt %r" % (name, lease.get("expiresAt")))
-                continue
+                expires = self.deadline(path, lease)
+            except (ValueError, OSError):
+                continue  # a bad time or a lease removed meanwhile; never fatal
             if expires <= now:
-                self.end_window(name, lease["windowId"], "expired")
-        if any_lease or self.holders or self.pending:
+                self.owe(name, lease["windowId"], "expired")
+        with self.lock:
+            busy = any_lease or self.holders or self.pending or self.in_flight
+        if busy:
             self.last_busy = now
 
+    def send(self, conn, data):
+        try:
+            conn.sendall(data)
+        except OSError:
+            pass  # the client left before the reply; its EOF is handled by the select loop
+
     def on_line(self, conn, line):
+        self.last_busy = time.time()
         parts = line.split()
         if not parts:
             return
         if parts[0] == "PING":
-            conn.sendall(("PONG %s\n" % VERSION).encode())
-        elif parts[0] == "HOLD" and len(parts) == 3 and "/" not in parts[2]:
+            self.send(conn, ("PONG %s\n" % VERSION).encode())
+        elif parts[0] == "HOLD" and len(parts) == 3 and LEASE_NAME.match(parts[2]):
             self.holders.setdefault(conn, {})[parts[1]] = parts[2]
-            conn.sendall(b"OK\n")
+            self.send(conn, b"OK\n")
         elif parts[0] == "DISARM" and len(parts) == 2:
             self.holders.get(conn, {}).pop(parts[1], None)
-            conn.sendall(b"OK\n")
+            self.send(conn, b"OK\n")
         else:
-            conn.sendall(b"ERR unknown command\n")
+            self.send(conn, b"ERR unknown command\n")
 
     def drop(self, conn):
         windows = self.holders.pop(conn, {})
         self.buffers.pop(conn, None)
         conn.close()
         for window_id, lease_file in windows.items():
-            if not self.end_window(lease_file, window_id, "disconnected"):
-                self.pending[lease_file] = window_id
+            self.owe(lease_file, window_id, "disconnected")
 
     def serve(self, server):
         conns = []
@@ -213,10 +305,16 @@ class Watchdog:
             readable, _, _ = select.select([server] + conns, [], [], SCAN_INTERVAL)
             for r in readable:
                 if r is server:
-                    conn, _ = server.accept()
-                    conn.setblocking(True)
-                    conns.append(conn)
-                    self.buffers[conn] = b""
+                    while True:  # accept every pending client, not one per pass
+                        try:
+                            conn, _ = server.accept()
+                        except (BlockingIOError, InterruptedError):
+                            break
+                        conn.setblocking(True)
+                        conn.settimeout(5.0)
+                        conns.append(conn)
+                        self.buffers[conn] = b""
+                        self.last_busy = time.time()
                     continue
                 try:
                     data = r.recv(4096)
@@ -227,15 +325,28 @@ class Watchdog:
                     self.drop(r)
                     continue
                 self.buffers[r] += data
-                while b"\n" in self.buffers[r]:
+                while b"\n" in self.buffers.get(r, b""):
                     line, self.buffers[r] = self.buffers[r].split(b"\n", 1)
                     self.on_line(r, line.decode("utf-8", "replace"))
             if not os.path.isdir(self.dir):
                 return  # the lease directory was removed: nothing left to watch
             self.scan()
             if not conns and time.time() - self.last_busy > IDLE_EXIT:
+                try:
+                    if os.stat(self.sock_path).st_ino == self.sock_ino:
+                        os.unlink(self.sock_path)  # only our own socket, never a newer daemon's
+                except OSError:
+                    pass
+                # A lease written while we were deciding to leave must not go unwatched.
+                if any(LEASE_NAME.match(n) for n in os.listdir(self.dir)):
+                    log(self.dir, "lease appeared during idle exit; staying")
+                    server.close()
+                    server = self.bind()
+                    if server is None:
+                        return
+                    self.last_busy = time.time()
+                    continue
                 log(self.dir, "idle, exiting")
-                os.unlink(self.sock_path)
                 return
 
 
@@ -264,7 +375,14 @@ def main():
     else:
         print("READY foreground", flush=True)
     log(dirpath, "watchdog %s serving %s (pid %d)" % (VERSION, dirpath, os.getpid()))
-    w.serve(server)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    while True:
+        try:
+            w.serve(server)
+            return
+        except Exception:  # noqa: BLE001 - the watchdog must outlive any bug: log it and keep serving
+            log(dirpath, "watchdog error, continuing: %s" % traceback.format_exc())
+            time.sleep(SCAN_INTERVAL)
 
 
 if __name__ == "__main__":

@@ -53,16 +53,28 @@ export interface WatchdogHold {
 /** Holds made by this process, by window id: a release in the same process disarms its hold. */
 const holds = new Map<string, WatchdogHold>();
 
+/**
+ * Drops every hold of this process (the watchdog then thaws each window whose lease still names it).
+ * For a process about to exit, so that a held socket cannot keep it alive.
+ */
+export function dropAllHolds(): void {
+  for (const hold of [...holds.values()]) hold.drop();
+}
+
 /** The hold this process has on `windowId`, if any. */
 export function heldHere(windowId: string): WatchdogHold | undefined {
   return holds.get(windowId);
 }
 
-async function openControl(target: AgentTarget, pool: SshPool, signal?: AbortSignal): Promise<Duplex> {
+/**
+ * Opens the watchdog's control socket. `busyTimeoutMs` bounds retries while its accept queue is full; over SSH
+ * a missing socket looks the same as a busy one, so a mere "is it running?" check keeps that bound short.
+ */
+async function openControl(target: AgentTarget, pool: SshPool, signal?: AbortSignal, busyTimeoutMs = WATCHDOG_TIMEOUT_MS): Promise<Duplex> {
   const sock = watchdogSocketPath(target.leaseDir ?? DEFAULT_LEASE_DIR);
   const channel = target.connection
-    ? await pool.openAgentChannel(target.connection, sock, { signal, diagnose: false })
-    : await openLocalChannel(sock, { signal });
+    ? await pool.openAgentChannel(target.connection, sock, { signal, diagnose: false, busyTimeoutMs })
+    : await openLocalChannel(sock, { signal, busyTimeoutMs });
   return channel.stream;
 }
 
@@ -107,7 +119,7 @@ function request(stream: Duplex, line: string, label: string, signal?: AbortSign
 async function ping(target: AgentTarget, pool: SshPool, label: string, signal?: AbortSignal): Promise<boolean> {
   let stream: Duplex;
   try {
-    stream = await openControl(target, pool, signal);
+    stream = await openControl(target, pool, signal, 1_000);
   } catch (err) {
     // No watchdog socket (or nothing listening on it) means "not running": the caller starts one.
     if (err instanceof QuiesceError && ["SOCKET_MISSING", "SOCKET_NOT_A_SOCKET", "SOCKET_UNREACHABLE"].includes(err.code)) return false;
@@ -164,7 +176,8 @@ function sshStartProgram(dir: string, interpreters: readonly WatchdogInterpreter
   for (const [n, interpreter] of interpreters.entries()) {
     const file = WATCHDOG_FILES[interpreter];
     const target = shellQuote(path.posix.join(dir, file));
-    const tmp = shellQuote(path.posix.join(dir, `${file}.new`));
+    // $$ makes the temp name unique per starter: concurrent starts must not clobber each other's copy.
+    const tmp = `${shellQuote(path.posix.join(dir, `${file}.new.`))}$$`;
     const delimiter = `__QUIESCE_WATCHDOG_${interpreter.toUpperCase()}_EOF__`;
     lines.push(
       `${n === 0 ? "if" : "elif"} command -v ${interpreter} >/dev/null 2>&1; then`,

@@ -312,6 +312,8 @@ export class SshPool {
         if (isQuiesceError(err, "SSH_CONNECT_TIMEOUT") && (await busyBackoff(attempt, deadline, options.signal))) continue;
         if (isQuiesceError(err)) throw err;
         if (options.diagnose === false) {
+          // No probe, but a busy socket (full accept queue) still gets retried until the deadline.
+          if (await busyBackoff(attempt, deadline, options.signal)) continue;
           throw new QuiesceError("SOCKET_UNREACHABLE", `${target}: the SSH server refused a channel to ${socketPath}`, { target, socketPath }, { cause: err });
         }
         // A socket that exists may refuse only because its accept queue is full (the agent serves one client

@@ -7,6 +7,7 @@
  */
 import { spawn } from "node:child_process";
 import * as fs from "node:fs";
+import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { createWindow, releaseWindow, windowStatus, type AgentTarget } from "../../provider/quiesce/lifecycle";
@@ -108,6 +109,28 @@ describe.each(interpreters)("the watchdog under %s", (interpreter) => {
     agent.resume();
     await waitForFile(endedPath(), 30_000);
     expect(agent.status).toBe("thawed");
+  });
+
+  test("garbage does not take the watchdog down: a malformed lease, a bad HOLD, a client that hangs up", async () => {
+    const first = await createWindow({ target, mountpoints: ["/data"], maxDurationSeconds: 60, thawOnDisconnect: false });
+    // A lease file with a valid name but nonsense inside, and a client that leaves before its reply.
+    fs.writeFileSync(path.join(leaseDir, "0".repeat(32) + ".json"), JSON.stringify({ expiresAt: 1234 }));
+    for (const line of ["PING\n", "HOLD w ../../etc/passwd\n", "HOLD\n"]) {
+      const c = net.createConnection(path.join(leaseDir, "watchdog.sock"));
+      await new Promise<void>((resolve) => c.once("connect", () => resolve()));
+      c.end(line);
+      c.destroy();
+    }
+    await releaseWindow({ target, windowId: first.windowId });
+    // The same daemon still enforces a deadline afterwards.
+    const w = await createWindow({ target, mountpoints: ["/data"], maxDurationSeconds: 1, thawOnDisconnect: false });
+    fs.rmSync(endedPath(), { force: true });
+    await waitForFile(endedPath(), 10_000);
+    expect(agent.status).toBe("thawed");
+    expect((await windowStatus(target, { windowId: w.windowId })).state).toBe("expired");
+    // And it is the same daemon: it never had to be started again.
+    const log = fs.readFileSync(path.join(leaseDir, "watchdog.log"), "utf8");
+    expect(log.match(/ serving /g)).toHaveLength(1);
   });
 
   test("the watchdog never thaws a freeze that is not its window's", async () => {
