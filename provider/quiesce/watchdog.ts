@@ -14,14 +14,20 @@ import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Duplex } from "node:stream";
-import { QuiesceError, abortError } from "../errors";
+import { QuiesceError, abortError, isQuiesceError } from "../errors";
 import { openLocalChannel } from "../transport/local";
 import { defaultSshPool, shellQuote, type SshPool } from "../transport/ssh";
 import type { AgentTarget } from "./lifecycle";
 import { DEFAULT_LEASE_DIR } from "./lease";
 
-/** Seconds to wait for the watchdog to answer or start. */
+/** Milliseconds to wait for the watchdog to answer a request. */
 const WATCHDOG_TIMEOUT_MS = 15_000;
+/**
+ * Milliseconds for the one exec that uploads and starts the daemon. Generous: sshd runs it through the login
+ * shell, whose startup files can be slow on a busy host (measured here: 14 s with 20 concurrent logins, each
+ * running `pyenv init`), and it happens once per host until the daemon idles out.
+ */
+const WATCHDOG_START_TIMEOUT_MS = 45_000;
 
 /** The interpreters the daemon can run under, in order of preference; each has its own port of the daemon. */
 export type WatchdogInterpreter = "python3" | "perl";
@@ -241,7 +247,11 @@ async function start(target: AgentTarget, pool: SshPool, label: string): Promise
       { target: label },
     );
   if (target.connection) {
-    const r = await pool.exec(target.connection, "sh -s", { stdin: sshStartProgram(dir, interpreters), timeoutMs: WATCHDOG_TIMEOUT_MS });
+    const r = await pool.exec(target.connection, "sh -s", {
+      stdin: sshStartProgram(dir, interpreters),
+      timeoutMs: WATCHDOG_START_TIMEOUT_MS,
+      purpose: "starting the watchdog",
+    });
     if (r.code === NO_PYTHON_EXIT) throw missing();
     if (r.code !== 0 || !r.stdout.includes("READY")) {
       throw new QuiesceError(
@@ -265,7 +275,19 @@ export async function ensureWatchdog(target: AgentTarget, pool: SshPool = defaul
     ? `${target.connection.user ?? "root"}@${target.connection.host}:${target.leaseDir ?? DEFAULT_LEASE_DIR}`
     : `local:${target.leaseDir ?? DEFAULT_LEASE_DIR}`;
   if (await ping(target, pool, label, signal)) return;
-  await start(target, pool, label);
+  try {
+    await start(target, pool, label);
+  } catch (err) {
+    // A slow start may still have succeeded, or another process's start did: what counts is an answer.
+    if (await ping(target, pool, label, signal)) return;
+    if (isQuiesceError(err, "WATCHDOG_UNAVAILABLE", "ABORTED")) throw err;
+    throw new QuiesceError(
+      "WATCHDOG_UNAVAILABLE",
+      `${label}: could not start the watchdog that ends freezes at the lease deadline: ${(err as Error).message} Nothing was frozen.`,
+      { target: label, ...(isQuiesceError(err) ? { causeCode: err.code } : {}) },
+      { cause: err },
+    );
+  }
   if (!(await ping(target, pool, label, signal))) {
     throw new QuiesceError("WATCHDOG_UNAVAILABLE", `${label}: the watchdog started but does not answer`, { target: label });
   }

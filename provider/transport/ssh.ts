@@ -76,6 +76,8 @@ export interface ExecOptions extends OpenOptions {
   readonly stdin?: string | Buffer;
   /** Keep at most this many bytes of each output stream. Default 65536. */
   readonly maxOutputBytes?: number;
+  /** What the command is for, in a few words ("starting the watchdog"); names it in errors. Default "command". */
+  readonly purpose?: string;
 }
 
 /** Default seconds per dial attempt. */
@@ -393,7 +395,15 @@ export class SshPool {
         let code: number | null = null;
         const timer = setTimeout(() => {
           channel.destroy();
-          reject(new QuiesceError("SSH_CONNECT_TIMEOUT", `${label}: command did not finish within ${timeoutMs} ms`, { target: label, timeoutMs }));
+          reject(
+            new QuiesceError(
+              "SSH_COMMAND_TIMEOUT",
+              `${label}: ${options.purpose ?? "command"} did not finish within ${timeoutMs} ms. The host is overloaded, or ` +
+                "the login shell is slow: sshd runs every command through the user's shell, which reads its startup " +
+                "files (~/.bashrc) first.",
+              { target: label, timeoutMs },
+            ),
+          );
         }, timeoutMs);
         timer.unref();
         const onAbort = (): void => {
@@ -440,6 +450,7 @@ export class SshPool {
     try {
       probe = await this.execOn(connection, `if [ -S ${p} ]; then echo socket; elif [ -e ${p} ]; then echo not-socket; else echo missing; fi`, {
         timeoutMs: (config.perDialTimeout ?? DEFAULT_PER_DIAL_TIMEOUT_S) * 1000,
+        purpose: "probing the agent socket",
       });
     } catch (probeErr) {
       return new QuiesceError(

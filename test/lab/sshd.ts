@@ -121,6 +121,8 @@ export async function startSshd(options: StartSshdOptions = {}): Promise<LabSshd
     const hostPublicKey = `${keyType} ${keyBase64}`;
     const hostFingerprint =
       "SHA256:" + createHash("sha256").update(Buffer.from(keyBase64, "base64")).digest("base64").replace(/=+$/, "");
+    // An empty home for the sessions (see sshdConfig): the lab must not run this machine's dotfiles.
+    fs.mkdirSync(file("home"), { mode: 0o700 });
     // The privilege separation directory; sshd refuses to start without it.
     fs.mkdirSync("/run/sshd", { recursive: true, mode: 0o755 });
 
@@ -209,6 +211,11 @@ function sshdConfig(runDir: string, port: number, options: StartSshdOptions): st
     "LogLevel VERBOSE",
     "PrintMotd no",
     "Subsystem sftp internal-sftp",
+    // sshd runs every command through the user's shell, and Debian's bash reads ~/.bashrc when started by
+    // sshd. The lab logs in as root, whose ~/.bashrc on a build machine may be slow and serialized (`pyenv
+    // init` takes a lock: 20 concurrent logins took 14 s here). A hypervisor host does not look like that, and
+    // the lab must not depend on the machine it runs on, so sessions get an empty home of their own.
+    `SetEnv HOME=${path.join(runDir, "home")}`,
   ];
   return lines.join("\n") + "\n";
 }
