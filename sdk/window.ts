@@ -61,7 +61,10 @@ export interface QuiesceWindowArgs {
   disks?: pulumi.Input<pulumi.Input<string>[]>;
   /** Lease length in seconds: the guest is thawed by then whatever happens. Default 300. */
   maxDurationSeconds?: pulumi.Input<number>;
-  /** Thaw as soon as the process that froze is gone. Default true. */
+  /**
+   * Thaw as soon as the process that froze is gone: its hold channel to the watchdog closed (within about
+   * 0.1 s), or sent no heartbeat for 15 s (a hung process or a crashed machine closes nothing). Default true.
+   */
   thawOnDisconnect?: pulumi.Input<boolean>;
   /** Agent timeouts in seconds (defaults: agent 10, freeze 30, thaw 30). */
   timeouts?: pulumi.Input<TimeoutsArgs>;
@@ -104,7 +107,10 @@ export class QuiesceWindow extends pulumi.dynamic.Resource {
   declare public readonly filesystems: pulumi.Output<FilesystemSummary[]>;
   /** Whether the window was held at the last create or refresh. */
   declare public readonly held: pulumi.Output<boolean>;
-  /** Window state at the last create or refresh: held, expired, thawed-outside, other-window, frozen-outside, not-held. */
+  /**
+   * Window state at the last create or refresh: held, expired, disconnected, thawed-outside, other-window,
+   * frozen-outside, not-held, or vm-gone (the agent socket no longer exists on the host).
+   */
   declare public readonly state: pulumi.Output<string>;
   /** Inputs echoed as outputs (the connection is secret). */
   declare public readonly socketPath: pulumi.Output<string>;

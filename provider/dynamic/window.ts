@@ -172,7 +172,8 @@ export async function createWindowResource(inputs: WindowInputs): Promise<{ id: 
 
 /** read: the truth about the window. */
 export async function readWindow(id: Id, props: WindowOutputs): Promise<{ id: Id; props: WindowOutputs }> {
-  const report = await windowStatus(target(props), { windowId: id, timeouts: props.timeouts });
+  // The socket path is the one the window was created through: if it is gone, so is the VM (refresh must not fail).
+  const report = await windowStatus(target(props), { windowId: id, timeouts: props.timeouts, vanishedSocket: "vm-gone" });
   return { id, props: { ...props, held: report.state === "held", state: report.state } };
 }
 
@@ -183,7 +184,8 @@ export async function updateWindow(_id: Id, olds: WindowOutputs, news: WindowInp
 
 /** delete: thaw if this window still owns the freeze; otherwise succeed and say why. */
 export async function deleteWindow(id: Id, props: WindowOutputs): Promise<void> {
-  const r = await releaseWindow({ target: target(props), windowId: id, timeouts: props.timeouts });
+  // A VM deleted before the stack must not make the stack undeletable: a missing socket reports vm-gone.
+  const r = await releaseWindow({ target: target(props), windowId: id, timeouts: props.timeouts, vanishedSocket: "vm-gone" });
   if (r.outcome !== "released") note(`window ${id}: nothing to thaw (${describeOutcome(r.outcome, r.lease?.owner)})`);
 }
 
@@ -203,6 +205,8 @@ function describeOutcome(outcome: string, leaseOwner: string | undefined): strin
       return "the window had already been released by its owner";
     case "disconnected":
       return "the process that held the window went away and the watchdog thawed the guest (thawOnDisconnect)";
+    case "vm-gone":
+      return "the guest agent's socket no longer exists on the host: the VM stopped or was deleted, which ended the freeze";
     default:
       return outcome;
   }
@@ -240,7 +244,12 @@ export async function checkRelease(_olds: unknown, news: ReleaseInputs): Promise
 
 /** create for WindowRelease: thaws under the ownership rule; fails if the window was no longer held. */
 export async function createRelease(inputs: ReleaseInputs): Promise<{ id: Id; outs: ReleaseOutputs }> {
-  const r = await releaseWindow({ target: target(inputs as WindowInputs), windowId: inputs.windowId, timeouts: inputs.timeouts });
+  const r = await releaseWindow({
+    target: target(inputs as WindowInputs),
+    windowId: inputs.windowId,
+    timeouts: inputs.timeouts,
+    vanishedSocket: "vm-gone",
+  });
   if (r.outcome !== "released" && !inputs.allowExpired) {
     throw new QuiesceError(
       r.outcome === "expired" ? "LEASE_EXPIRED" : "NOT_HELD",
@@ -338,7 +347,11 @@ export async function runOnHost(
 }
 
 async function requireHeld(inputs: HostSnapshotInputs, when: string): Promise<void> {
-  const report = await windowStatus(target(inputs as WindowInputs), { windowId: inputs.windowId, timeouts: inputs.timeouts });
+  const report = await windowStatus(target(inputs as WindowInputs), {
+    windowId: inputs.windowId,
+    timeouts: inputs.timeouts,
+    vanishedSocket: "vm-gone",
+  });
   if (report.state !== "held") {
     throw new QuiesceError(
       "NOT_HELD",

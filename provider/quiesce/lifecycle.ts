@@ -112,11 +112,27 @@ export type WindowState =
   /** Frozen, and no lease: a freeze made outside pulumi-quiesce. */
   | "frozen-outside"
   /** Thawed and no lease of this window: nothing held. */
-  | "not-held";
+  | "not-held"
+  /**
+   * The agent socket no longer exists on the host: the VM stopped or was deleted, which ended any freeze
+   * (reported only when asked for with {@link VanishedSocket} `"vm-gone"`).
+   */
+  | "vm-gone";
+
+/**
+ * What a missing agent socket means. `"error"` (the default): a SOCKET_MISSING error, since the path may be
+ * wrong. `"vm-gone"`: the path is known good (a window was created through it), so the VM is gone and so is
+ * its freeze; the call reports state `vm-gone` instead of failing. The Pulumi provider uses it for read, delete
+ * and release, so a stack whose VM was deleted can still be refreshed and destroyed.
+ */
+export type VanishedSocket = "error" | "vm-gone";
+
+/** The agent's freeze status, or `gone` when its socket no longer exists (state `vm-gone`). */
+export type AgentFreezeStatus = FreezeStatus | "gone";
 
 /** The truth about a guest and (optionally) one window. */
 export interface StatusReport {
-  readonly agentStatus: FreezeStatus;
+  readonly agentStatus: AgentFreezeStatus;
   readonly lease: LeaseRecord | undefined;
   /** How the socket's last watchdog-ended window ended, if recorded. */
   readonly ended: EndedRecord | undefined;
@@ -137,7 +153,7 @@ export interface ReleaseResult {
   readonly thawedCount: number;
   /** The lease found, if any. */
   readonly lease?: LeaseRecord;
-  readonly agentStatus: FreezeStatus;
+  readonly agentStatus: AgentFreezeStatus;
 }
 
 function resolved(t?: Timeouts): Required<Timeouts> {
@@ -183,8 +199,16 @@ async function withSession<T>(
   deps: LifecycleDeps,
   signal: AbortSignal | undefined,
   fn: (session: AgentSession) => Promise<T>,
+  whenVmGone?: () => Promise<T>,
 ): Promise<T> {
-  const session = await openSession(target, timeouts, deps, signal);
+  let session: AgentSession;
+  try {
+    session = await openSession(target, timeouts, deps, signal);
+  } catch (err) {
+    // Only the socket's absence, diagnosed as such, means the VM is gone; every other failure stays one.
+    if (whenVmGone && isQuiesceError(err, "SOCKET_MISSING")) return whenVmGone();
+    throw err;
+  }
   try {
     return await fn(session);
   } finally {
@@ -218,17 +242,27 @@ function classify(
 /** Reports the agent's status and the lease; `windowId` says whose point of view `state` takes. */
 export async function windowStatus(
   target: AgentTarget,
-  options: { windowId?: string; timeouts?: Timeouts; signal?: AbortSignal } = {},
+  options: { windowId?: string; timeouts?: Timeouts; signal?: AbortSignal; vanishedSocket?: VanishedSocket } = {},
   deps: LifecycleDeps = {},
 ): Promise<StatusReport> {
   const store = deps.leaseStore ?? leaseStoreFor(target, deps.pool);
   const now = (deps.now ?? Date.now)();
-  return withSession(target, options.timeouts, deps, options.signal, async (session) => {
-    const agentStatus = await fsfreezeStatus(session, { signal: options.signal });
+  const records = async (): Promise<{ lease: LeaseRecord | undefined; ended: EndedRecord | undefined }> => {
     const lease = await store.read(target.socketPath);
-    const ended = lease ? undefined : await store.readEnded(target.socketPath);
-    return { agentStatus, lease, ended, state: classify(lease, agentStatus, options.windowId, now, ended) };
-  });
+    return { lease, ended: lease ? undefined : await store.readEnded(target.socketPath) };
+  };
+  return withSession<StatusReport>(
+    target,
+    options.timeouts,
+    deps,
+    options.signal,
+    async (session) => {
+      const agentStatus = await fsfreezeStatus(session, { signal: options.signal });
+      const { lease, ended } = await records();
+      return { agentStatus, lease, ended, state: classify(lease, agentStatus, options.windowId, now, ended) };
+    },
+    options.vanishedSocket === "vm-gone" ? async () => ({ agentStatus: "gone", ...(await records()), state: "vm-gone" }) : undefined,
+  );
 }
 
 function alreadyFrozen(label: string, lease: LeaseRecord | undefined): QuiesceError {
@@ -432,6 +466,12 @@ export interface ReleaseRequest {
   readonly windowId: string;
   readonly timeouts?: Timeouts;
   readonly signal?: AbortSignal;
+  /**
+   * What a missing agent socket means (see {@link VanishedSocket}); default `"error"`. With `"vm-gone"` the
+   * release succeeds with outcome `vm-gone`, removes this window's lease (nothing is left for the watchdog
+   * to thaw) and lets go of this process's hold.
+   */
+  readonly vanishedSocket?: VanishedSocket;
 }
 
 /**
@@ -444,6 +484,12 @@ export async function releaseWindow(request: ReleaseRequest, deps: LifecycleDeps
   const label = targetLabel(target);
   const now = deps.now ?? Date.now;
   const store = deps.leaseStore ?? leaseStoreFor(target, deps.pool);
+  const vmGone = async (): Promise<ReleaseResult> => {
+    const lease = await store.read(target.socketPath);
+    if (lease?.windowId === windowId) await store.remove(target.socketPath);
+    await heldHere(windowId)?.disarm();
+    return { outcome: "vm-gone", thawedCount: 0, lease, agentStatus: "gone" };
+  };
   return withSession(target, request.timeouts, deps, request.signal, async (session) => {
     const agentStatus = await fsfreezeStatus(session);
     const lease = await store.read(target.socketPath);
@@ -483,7 +529,7 @@ export async function releaseWindow(request: ReleaseRequest, deps: LifecycleDeps
       lease,
       agentStatus: "thawed",
     };
-  });
+  }, request.vanishedSocket === "vm-gone" ? vmGone : undefined);
 }
 
 /**

@@ -13,6 +13,7 @@
 #   PING                    -> PONG <version>
 #   HOLD <windowId> <file>  -> OK      (this connection holds the window; <file> is the lease file name)
 #   DISARM <windowId>       -> OK      (released by its owner: closing the connection no longer thaws)
+#   BEAT                    -> nothing (a holder's heartbeat; a holder silent for $HOLD_SILENCE s is gone)
 # Started with --foreground for tests; otherwise it daemonizes after binding and prints READY first.
 use strict;
 use warnings;
@@ -30,10 +31,11 @@ use Socket ();
 use Time::HiRes ();
 use Time::Local qw(timegm);
 
-my $VERSION = "1";
+my $VERSION = "2";
 my $SCAN_INTERVAL = 0.1;    # seconds between lease scans: the deadline is honoured within this plus the thaw
 my $AGENT_TIMEOUT = 10.0;   # seconds to get an agent sync or reply
 my $IDLE_EXIT = 60.0;       # exit after this long with no lease and no holder
+my $HOLD_SILENCE = 15.0;    # seconds without a byte from a holder (it beats every 2 s) before it counts as gone
 
 my $JSON = JSON::PP->new->utf8->canonical;
 
@@ -194,6 +196,7 @@ sub new {
         conns     => {},    # key -> connection
         holders   => {},    # key -> {windowId => leaseFile}
         buffers   => {},    # key -> bytes not yet split into lines
+        last_seen => {},    # key -> time of its last byte
         pending   => {},    # lease file -> window id, disconnect thaws to retry
         last_busy => main::now(),
     }, $class;
@@ -319,6 +322,8 @@ sub on_line {
     } elsif ($parts[0] eq "DISARM" && @parts == 2) {
         delete $self->{holders}{$key}{ $parts[1] } if $self->{holders}{$key};
         reply($conn, "OK\n");
+    } elsif ($parts[0] eq "BEAT") {
+        # its arrival is what counts (last_seen)
     } else {
         reply($conn, "ERR unknown command\n");
     }
@@ -329,6 +334,7 @@ sub drop {
     my ($self, $key) = @_;
     my $windows = delete($self->{holders}{$key}) || {};
     delete $self->{buffers}{$key};
+    delete $self->{last_seen}{$key};
     my $conn = delete $self->{conns}{$key};
     CORE::close($conn) if $conn;
     for my $window_id (sort keys %$windows) {
@@ -362,12 +368,21 @@ sub serve {
                 $self->drop($key);
                 next;
             }
+            $self->{last_seen}{$key} = main::now();
             $self->{buffers}{$key} .= $data;
             while ((my $nl = index($self->{buffers}{$key}, "\n")) >= 0) {
                 my $line = substr($self->{buffers}{$key}, 0, $nl);
                 substr($self->{buffers}{$key}, 0, $nl + 1) = "";
                 $self->on_line($key, $line);
             }
+        }
+        # A crashed or hung client machine closes no connection (sshd keeps its channel): silence ends a hold.
+        my $now = main::now();
+        for my $key (grep { $now - ($self->{last_seen}{$_} // $now) > $HOLD_SILENCE } keys %{ $self->{holders} }) {
+            main::log_line($self->{dir}, "a holder of " . join(",", sort keys %{ $self->{holders}{$key} }) .
+                " sent nothing for $HOLD_SILENCE s: treating it as gone");
+            $sel->remove($self->{conns}{$key}) if $self->{conns}{$key};
+            $self->drop($key);
         }
         return unless -d $self->{dir};    # the lease directory was removed: nothing left to watch
         # A scan never stops the watchdog: whatever failed is logged and tried again on the next one.

@@ -12,13 +12,16 @@
 #   PING                    -> PONG <version>
 #   HOLD <windowId> <file>  -> OK      (this connection holds the window; <file> is the lease file name)
 #   DISARM <windowId>       -> OK      (released by its owner: closing the connection no longer thaws)
+#   BEAT                    -> nothing (a holder's heartbeat; a holder silent for HOLD_SILENCE seconds is gone)
 # Started with --foreground for tests; otherwise it daemonizes after binding and prints READY first.
 import calendar, errno, json, os, random, re, select, signal, socket, sys, threading, time, traceback
 
-VERSION = "1"
+VERSION = "2"
 SCAN_INTERVAL = 0.1        # seconds between lease scans: the deadline is honoured within this plus the thaw
 AGENT_TIMEOUT = 10.0       # seconds to get an agent sync or reply
 IDLE_EXIT = 60.0           # exit after this long with no lease and no holder
+HOLD_SILENCE = 15.0        # seconds without a byte from a holder (it beats every 2 s) before it counts as gone:
+                           # a crashed or hung client machine closes no connection, so sshd would keep its channel
 
 
 LEASE_NAME = re.compile(r"^[0-9a-f]{32}\.json$")
@@ -126,6 +129,7 @@ class Watchdog:
         self.sock_ino = None
         self.holders = {}      # connection -> {windowId: leaseFile}
         self.buffers = {}
+        self.last_seen = {}    # connection -> time of its last byte
         self.pending = {}      # lease file -> (window id, how): thaws owed, retried with backoff
         self.retry_at = {}     # lease file -> (next attempt time, current backoff)
         self.in_flight = set() # lease files with a thaw running in a worker thread
@@ -289,12 +293,15 @@ class Watchdog:
         elif parts[0] == "DISARM" and len(parts) == 2:
             self.holders.get(conn, {}).pop(parts[1], None)
             self.send(conn, b"OK\n")
+        elif parts[0] == "BEAT":
+            pass  # its arrival is what counts (last_seen)
         else:
             self.send(conn, b"ERR unknown command\n")
 
     def drop(self, conn):
         windows = self.holders.pop(conn, {})
         self.buffers.pop(conn, None)
+        self.last_seen.pop(conn, None)
         conn.close()
         for window_id, lease_file in windows.items():
             self.owe(lease_file, window_id, "disconnected")
@@ -324,10 +331,16 @@ class Watchdog:
                     conns.remove(r)
                     self.drop(r)
                     continue
+                self.last_seen[r] = time.time()
                 self.buffers[r] += data
                 while b"\n" in self.buffers.get(r, b""):
                     line, self.buffers[r] = self.buffers[r].split(b"\n", 1)
                     self.on_line(r, line.decode("utf-8", "replace"))
+            now = time.time()
+            for conn in [c for c in self.holders if now - self.last_seen.get(c, now) > HOLD_SILENCE]:
+                log(self.dir, "a holder of %s sent nothing for %.0f s: treating it as gone" % (sorted(self.holders[conn]), HOLD_SILENCE))
+                conns.remove(conn)
+                self.drop(conn)
             if not os.path.isdir(self.dir):
                 return  # the lease directory was removed: nothing left to watch
             self.scan()

@@ -29,6 +29,12 @@ const WATCHDOG_TIMEOUT_MS = 15_000;
  */
 const WATCHDOG_START_TIMEOUT_MS = 45_000;
 
+/**
+ * Milliseconds between a hold's heartbeats. The watchdog treats a holder silent for 15 s as gone (its machine
+ * crashed or hung: no connection is closed then, so sshd would keep the channel open until the lease deadline).
+ */
+export const HOLD_BEAT_MS = 2_000;
+
 /** The interpreters the daemon can run under, in order of preference; each has its own port of the daemon. */
 export type WatchdogInterpreter = "python3" | "perl";
 
@@ -314,11 +320,19 @@ export async function holdWindow(
     stream.destroy();
     throw new QuiesceError("WATCHDOG_UNAVAILABLE", `${label}: the watchdog refused the hold: ${answer}`, { windowId });
   }
+  // The heartbeat: a hung or crashed machine closes nothing, so silence is how the watchdog learns of it.
+  // Unref'd: a hold must not be what keeps this process alive.
+  const beat = setInterval(() => {
+    if (stream.writable) stream.write("BEAT\n");
+  }, HOLD_BEAT_MS);
+  beat.unref();
   // Swallowing nothing: a later error on the hold channel means the watchdog will act on the disconnect.
   stream.on("error", () => holds.delete(windowId));
+  stream.once("close", () => clearInterval(beat));
   const hold: WatchdogHold = {
     windowId,
     disarm: async () => {
+      clearInterval(beat);
       holds.delete(windowId);
       try {
         if (!stream.destroyed) await request(stream, `DISARM ${windowId}`, label);
@@ -327,6 +341,7 @@ export async function holdWindow(
       }
     },
     drop: () => {
+      clearInterval(beat);
       holds.delete(windowId);
       stream.destroy();
     },

@@ -154,3 +154,23 @@ test("release after the deadline still thaws this window's freeze, and reports i
   expect(r.outcome).toBe("expired");
   expect(agent.status).toBe("thawed");
 });
+
+test("the VM goes away mid-window: a missing socket is an error unless asked to mean vm-gone; release then frees the lease", async () => {
+  const w = await createWindow({ target, mountpoints: ["/data"], thawOnDisconnect: false });
+  const store = new LocalLeaseStore(leaseDir);
+  await agent.stop();
+  expect((await failure(windowStatus(target, { windowId: w.windowId }))).code).toBe("SOCKET_MISSING");
+  expect((await failure(releaseWindow({ target, windowId: w.windowId }))).code).toBe("SOCKET_MISSING");
+  expect(await store.read(target.socketPath)).toMatchObject({ windowId: w.windowId });
+
+  const report = await windowStatus(target, { windowId: w.windowId, vanishedSocket: "vm-gone" });
+  expect(report).toMatchObject({ state: "vm-gone", agentStatus: "gone", lease: { windowId: w.windowId } });
+  // Another window's lease is never removed, gone VM or not.
+  const other = await releaseWindow({ target, windowId: "qw-0000000000000000", vanishedSocket: "vm-gone" });
+  expect(other).toMatchObject({ outcome: "vm-gone", thawedCount: 0 });
+  expect(await store.read(target.socketPath)).toMatchObject({ windowId: w.windowId });
+
+  const released = await releaseWindow({ target, windowId: w.windowId, vanishedSocket: "vm-gone" });
+  expect(released).toMatchObject({ outcome: "vm-gone", thawedCount: 0, agentStatus: "gone", lease: { windowId: w.windowId } });
+  expect(await store.read(target.socketPath)).toBeUndefined();
+});

@@ -5,7 +5,6 @@
  * with QUIESCE_WATCHDOG_INTERPRETER (inherited by the child processes the tests spawn).
  * The same guarantees are proven against the real guest over SSH in test/lab/faults.test.ts.
  */
-import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as os from "node:os";
@@ -14,6 +13,7 @@ import { createWindow, releaseWindow, windowStatus, type AgentTarget } from "../
 import { endedFileName, LocalLeaseStore } from "../../provider/quiesce/lease";
 import { isQuiesceError } from "../../provider/errors";
 import { WATCHDOG_INTERPRETER_ENV, type WatchdogInterpreter } from "../../provider/quiesce/watchdog";
+import { spawnCreator } from "./creatorProcess";
 import { FakeAgent } from "./fakeAgent";
 import { waitForFile } from "./waitForFile";
 
@@ -30,7 +30,6 @@ describe.each(interpreters)("the watchdog under %s", (interpreter) => {
     else process.env[WATCHDOG_INTERPRETER_ENV] = saved;
   });
 
-  const repoRoot = path.resolve(__dirname, "../..");
   let agent: FakeAgent;
   let leaseDir: string;
   let target: AgentTarget;
@@ -64,19 +63,7 @@ describe.each(interpreters)("the watchdog under %s", (interpreter) => {
   });
 
   test("the freezing process is killed: the watchdog thaws at once (thawOnDisconnect)", async () => {
-    const script = `
-      const { createWindow } = require("./dist/provider/quiesce/lifecycle");
-      createWindow(JSON.parse(process.argv[1])).then(
-        (w) => console.log(JSON.stringify(w)),
-        (e) => { console.error(e); process.exit(1); });`;
-    const child = spawn(process.execPath, ["-e", script, JSON.stringify({ target, mountpoints: ["/data"], maxDurationSeconds: 300 })], {
-      cwd: repoRoot,
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    const windowId = await new Promise<string>((resolve, reject) => {
-      child.stdout.once("data", (d: Buffer) => resolve((JSON.parse(d.toString()) as { windowId: string }).windowId));
-      child.once("exit", (code) => reject(new Error(`child exited ${code} before creating the window`)));
-    });
+    const { child, windowId } = await spawnCreator({ target, mountpoints: ["/data"], maxDurationSeconds: 300 });
     expect(agent.status).toBe("frozen");
     child.kill("SIGKILL");
     const ended = await waitForFile(endedPath(), 10_000);
@@ -84,6 +71,29 @@ describe.each(interpreters)("the watchdog under %s", (interpreter) => {
     expect(JSON.parse(ended)).toMatchObject({ windowId, how: "disconnected" });
     expect((await windowStatus(target, { windowId })).state).toBe("disconnected");
   });
+
+  test("a freezing process that hangs (SIGSTOP, as a hung or crashed machine) is gone once its heartbeats stop; a live one stays held", async () => {
+    const { child, windowId } = await spawnCreator({ target, mountpoints: ["/data"], maxDurationSeconds: 300 });
+    // A second guest held by this (live) process through the same watchdog, for the same time.
+    const live = await FakeAgent.start();
+    const liveTarget: AgentTarget = { socketPath: live.socketPath, leaseDir };
+    try {
+      const liveWindow = await createWindow({ target: liveTarget, mountpoints: ["/data"], maxDurationSeconds: 300 });
+      child.kill("SIGSTOP"); // its connection stays open: only the silence tells
+      const stoppedAt = Date.now();
+      const ended = JSON.parse(await waitForFile(endedPath(), 40_000)) as { windowId: string; how: string };
+      expect(ended).toMatchObject({ windowId, how: "disconnected" });
+      expect(Date.now() - stoppedAt).toBeGreaterThanOrEqual(10_000); // not before the silence bound (15 s)
+      expect(agent.status).toBe("thawed");
+      // The live holder beat all along: still frozen, still held.
+      expect(live.status).toBe("frozen");
+      expect((await windowStatus(liveTarget, { windowId: liveWindow.windowId })).state).toBe("held");
+      expect((await releaseWindow({ target: liveTarget, windowId: liveWindow.windowId })).outcome).toBe("released");
+    } finally {
+      child.kill("SIGKILL");
+      await live.stop();
+    }
+  }, 90_000);
 
   test("a released window is disarmed: closing its process later thaws nothing", async () => {
     const w = await createWindow({ target, mountpoints: ["/data"] });

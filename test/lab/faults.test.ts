@@ -11,6 +11,7 @@ import { endedFileName, leaseFileName } from "../../provider/quiesce/lease";
 import { createRelease, deleteWindow, readWindow, type WindowOutputs } from "../../provider/dynamic/window";
 import { SshPool, type SshConnectionConfig } from "../../provider/transport/ssh";
 import { isQuiesceError } from "../../provider/errors";
+import { spawnCreator } from "../fake/creatorProcess";
 import { waitForFile } from "../fake/waitForFile";
 import { descendants } from "./descendants";
 import { startSshd, withAgentProbe, type LabSshd } from "./lab";
@@ -57,19 +58,7 @@ async function expectSettled(t: AgentTarget): Promise<void> {
 
 test("the freezing process is SIGKILLed right after create: thawed within 2 s (thawOnDisconnect)", async () => {
   const t = target();
-  const script = `
-    const { createWindow } = require("./dist/provider/quiesce/lifecycle");
-    createWindow(JSON.parse(process.argv[1])).then(
-      (w) => console.log(JSON.stringify(w)),
-      (e) => { console.error(e); process.exit(1); });`;
-  const child = spawn(process.execPath, ["-e", script, JSON.stringify({ target: t, mountpoints: ["/data"] })], {
-    cwd: repoRoot,
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const windowId = await new Promise<string>((resolve, reject) => {
-    child.stdout.once("data", (d: Buffer) => resolve((JSON.parse(d.toString()) as { windowId: string }).windowId));
-    child.once("exit", (code) => reject(new Error(`child exited ${code} before creating the window`)));
-  });
+  const { child, windowId } = await spawnCreator({ target: t, mountpoints: ["/data"] });
   const killedAt = Date.now();
   child.kill("SIGKILL");
   const ended = JSON.parse(await waitForFile(endedPath(t), 30_000)) as { windowId: string; how: string };
@@ -78,6 +67,24 @@ test("the freezing process is SIGKILLed right after create: thawed within 2 s (t
   expect(ended).toMatchObject({ windowId, how: "disconnected" });
   expect(thawMs).toBeLessThan(2_000);
   await expectSettled(t);
+}, 120_000);
+
+test("the freezing process hangs (SIGSTOP: its connection stays open, as when its machine hangs): thawed within 25 s (15 s of silence)", async () => {
+  const t = target();
+  const { child, windowId } = await spawnCreator({ target: t, mountpoints: ["/data"] });
+  try {
+    const stoppedAt = Date.now();
+    child.kill("SIGSTOP");
+    const ended = JSON.parse(await waitForFile(endedPath(t), 60_000)) as { windowId: string; how: string };
+    const thawMs = Date.now() - stoppedAt;
+    figures.hungProcessThawMs = thawMs;
+    expect(ended).toMatchObject({ windowId, how: "disconnected" });
+    // The silence bound is 15 s after the last heartbeat (every 2 s), plus the thaw.
+    expect(thawMs).toBeLessThan(25_000);
+    await expectSettled(t);
+  } finally {
+    child.kill("SIGKILL");
+  }
 }, 120_000);
 
 test("the SSH connection is cut mid-window (sshd child killed): thawed within 2 s", async () => {

@@ -2,7 +2,10 @@
  * QuiesceWindow through @pulumi/pulumi's real dynamic-provider host over gRPC, against the real lab guest
  * and sshd: Configure, Check, Create, Diff, Update, Read and Delete exactly as the engine sends them.
  */
+import * as fs from "node:fs";
 import * as path from "node:path";
+import { leaseFileName } from "../../provider/quiesce/lease";
+import { FakeAgent } from "../fake/fakeAgent";
 import { providersForTesting } from "../../sdk/window";
 import { agentStatusAt } from "./agentStatus";
 import { makeUrn, serializeDynamicProvider, startProviderHost, UNKNOWN, type ProviderHost } from "../pulumi/providerHost";
@@ -105,6 +108,39 @@ test("WindowRelease thaws the window, then fails loudly when the window is no lo
   const allowed = await host.create(releaseUrn, { ...releaseInputs, allowExpired: true });
   expect(allowed.properties.outcome).toBe("already-released");
   await host.delete(created.id, windowUrn, created.properties);
+});
+
+test("the VM is deleted while its window is in state: refresh says vm-gone, release fails loudly, delete succeeds", async () => {
+  // A guest agent on the host that goes away with its socket, as when a VM is stopped or deleted. The fake
+  // passes the same conformance suite as qemu-ga; the SSH server and the provider host are the real ones.
+  const vm = await FakeAgent.start();
+  const leaseFile = path.join(inputs().leaseDir as string, leaseFileName(vm.socketPath));
+  let stopped = false;
+  try {
+    const created = await host.create(windowUrn, (await host.check(windowUrn, {}, inputs({ socketPath: vm.socketPath }))).inputs);
+    expect(created.properties).toMatchObject({ held: true, state: "held" });
+    expect(fs.existsSync(leaseFile)).toBe(true);
+    await vm.stop();
+    stopped = true;
+    expect(fs.existsSync(vm.socketPath)).toBe(false);
+
+    const read = await host.read(created.id, windowUrn, created.properties);
+    expect(read.properties).toMatchObject({ held: false, state: "vm-gone" });
+    const releaseInputs = {
+      __provider: releaseText,
+      windowId: created.id,
+      connection: inputs().connection,
+      socketPath: vm.socketPath,
+      leaseDir: inputs().leaseDir,
+    };
+    await expect(host.create(releaseUrn, releaseInputs)).rejects.toThrow(/no longer held.*VM stopped or was deleted.*MAY BE INCONSISTENT/s);
+    await host.delete(created.id, windowUrn, created.properties);
+    expect(fs.existsSync(leaseFile)).toBe(false);
+    // A path that never was a window's stays an error: the CLI and create do not guess.
+    await expect(host.create(windowUrn, inputs({ socketPath: vm.socketPath }))).rejects.toThrow(/does not exist/);
+  } finally {
+    if (!stopped) await vm.stop();
+  }
 });
 
 test("create with an unknown mount point fails, lists the guest's filesystems, and freezes nothing", async () => {
