@@ -18,14 +18,6 @@ export type Log = (line: string) => void;
 /** Writes progress lines to stderr. */
 export const stderrLog: Log = (line) => process.stderr.write(`bench: ${line}\n`);
 
-/**
- * sshd_config lines for every lab sshd of the benchmarks. `SetEnv SHLVL=1` keeps bash from sourcing root's
- * ~/.bashrc for each exec (bash does so when run by sshd at shell level 1): on these machines that file runs
- * `pyenv init`, which makes every exec cost ~600 ms instead of ~30 ms. The benchmark must not charge that to
- * the exec-based alternative (nor to the watchdog start), so execs here cost what they cost on a plain host.
- */
-export const SSHD_EXTRA_CONFIG = "SetEnv SHLVL=1";
-
 /** Connection settings for a lab sshd. */
 export function connectionFor(sshd: LabSshd, extra: Partial<SshConnectionConfig> = {}): SshConnectionConfig {
   return { host: sshd.host, port: sshd.port, user: sshd.user, privateKey: sshd.privateKey, knownHostsPath: sshd.knownHostsPath, ...extra };

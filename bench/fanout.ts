@@ -24,7 +24,7 @@ import { startFleet, type Fleet } from "./fleet";
 import { CREATE_STEPS, type ClientInit, type CreateStep, type RoundMeasure, type RoundRequest } from "./fanoutClient";
 import { buildJsTree, type JsTree } from "./jsTree";
 import { Samples, type Figure } from "./stats";
-import { SSHD_EXTRA_CONFIG, connectionFor, removeLeaseDir, stderrLog, tempDir, type Log } from "./common";
+import { connectionFor, removeLeaseDir, stderrLog, tempDir, type Log } from "./common";
 
 /** Options of {@link benchFanout}. */
 export interface FanoutOptions {
@@ -168,7 +168,7 @@ function figures(samples: Samples, failures: Map<string, Map<string, number>>, p
  * refused by sshd's default (10:30:100: drop 30% of unauthenticated connections beyond 10, all beyond 100)
  * and measure retries instead of cost.
  */
-const FANOUT_SSHD_CONFIG = `${SSHD_EXTRA_CONFIG}\nMaxStartups 2000:30:4000`;
+const FANOUT_SSHD_CONFIG = "MaxStartups 2000:30:4000";
 
 /** Runs part 2: starts its own sshd, fake-agent fleet and client process, and stops them. */
 export async function benchFanout(options: FanoutOptions): Promise<FanoutResult> {

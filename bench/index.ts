@@ -5,7 +5,7 @@
  */
 import * as os from "node:os";
 import { startLab } from "../test/lab/lab";
-import { SSHD_EXTRA_CONFIG, stderrLog, type Log } from "./common";
+import { stderrLog, type Log } from "./common";
 import { benchFanout, type FanoutResult } from "./fanout";
 import { benchPulumi, type PulumiResult } from "./pulumi";
 import { benchSingleWindow, type SingleWindowResult } from "./single";
@@ -89,7 +89,7 @@ export async function runBench(options: BenchOptions, log: Log = stderrLog): Pro
   const startedAt = new Date();
   const loadStart = os.loadavg()[0];
   log(`starting the lab (guest ${options.load ? "with" : "without"} write load)`);
-  const lab = await startLab({ guest: { load: options.load }, sshd: { extraConfig: SSHD_EXTRA_CONFIG } });
+  const lab = await startLab({ guest: { load: options.load } });
   let single: SingleWindowResult;
   let pulumi: PulumiResult;
   try {

@@ -17,7 +17,7 @@ export function buildNotes(r: BenchResults): string[] {
   const w = s.oursWarm;
 
   notes.push(
-    "Execs are measured at their cheapest: the benchmark's sshd has `SetEnv SHLVL=1`, which keeps bash from sourcing root's ~/.bashrc for each " +
+    "Execs are measured at their cheapest: every lab sshd gives its sessions an empty HOME, which keeps bash from sourcing root's ~/.bashrc for each " +
       "exec. On these machines that file runs `pyenv init`, which makes every exec cost ~600 ms instead of the " +
       `${ms(s.totals.execTrue.median)} ms measured here; the alternative is not charged for it.`,
   );
@@ -96,12 +96,12 @@ export function buildNotes(r: BenchResults): string[] {
   const p = r.pulumi;
   notes.push(
     `Under the Pulumi stand-in the guest stayed frozen ${ms(p.overheadMs.median)} ms longer than the snapshot command ran. While the guest ` +
-      "is frozen, three new agent sessions are opened: HostSnapshot checks that the window is held before and after its command (a session " +
-      "and a lease read each), then the release opens its own. Each opens within tens of ms of the previous session closing, so each is " +
-      "expected to wait most of qemu-ga's 100 ms idle poll: that accounts for up to ~300 ms of the overhead (inferred from part 1, not " +
-      "measured inside the providers); the rest is the freeze and its verification, lease reads and the engine stand-in's scheduling. What " +
-      "would close it: check 'still held' from the lease and the watchdog's hold instead of a new agent session, and keep one agent " +
-      "connection per guest from create to release. The quickstart uses the default lease directory /run/pulumi-quiesce; its watchdog " +
+      "is frozen, two new agent sessions are opened: HostSnapshot's check after its command that the window was held throughout (its " +
+      "check before the command reads only the lease), then the release's own. Each opens within tens of ms of the previous session " +
+      "closing, so each is expected to wait most of qemu-ga's 100 ms idle poll: that accounts for up to ~200 ms of the overhead (inferred " +
+      "from part 1, not measured inside the providers); the rest is the freeze and its verification, lease reads and the engine " +
+      "stand-in's scheduling. What would close it: keep one agent connection per guest from create to release (for example held by the " +
+      "watchdog, which would answer 'still held' and relay the thaw). The quickstart uses the default lease directory /run/pulumi-quiesce; its watchdog " +
       "exits by itself after 60 s without leases.",
   );
   return notes;

@@ -378,7 +378,7 @@ function record(samples: Samples, prefix: string, s: OursSample): void {
 }
 
 /**
- * Runs part 1 against a running lab (guest + sshd). The lab's sshd should carry {@link SSHD_EXTRA_CONFIG}.
+ * Runs part 1 against a running lab (guest + sshd).
  * Leaves the guest thawed; on failure it thaws the guest before rethrowing.
  */
 export async function benchSingleWindow(lab: Lab, options: SingleWindowOptions): Promise<SingleWindowResult> {

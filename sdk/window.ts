@@ -194,8 +194,12 @@ export interface HostSnapshotArgs {
 }
 
 /**
- * Runs a snapshot command on the hypervisor host while a window is held. Verifies the window is held before
- * and after the command, and fails otherwise. Outputs the exit code and the first 16 KiB of stdout/stderr.
+ * Runs a snapshot command on the hypervisor host while a window is held, and fails unless the window was
+ * held throughout. Before the command, the window's lease must still be its own and unexpired (a file read:
+ * no agent session, which would cost about 100 ms of frozen time). After it, the guest agent itself must say
+ * frozen with the lease still the window's. If that fails, the snapshot just taken is not consistent: the
+ * `delete` command, when given, removes it at once, and the error says whether it did.
+ * Outputs the exit code and the first 16 KiB of stdout/stderr.
  */
 export class HostSnapshot extends pulumi.dynamic.Resource {
   /** Exit code of `create` (always 0: anything else fails the resource). */

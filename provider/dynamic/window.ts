@@ -20,6 +20,7 @@ import {
   createWindow,
   releaseWindow,
   windowStatus,
+  leaseHeld,
   type AgentTarget,
   type Timeouts,
   type WindowState,
@@ -346,25 +347,26 @@ export async function runOnHost(
   });
 }
 
-async function requireHeld(inputs: HostSnapshotInputs, when: string): Promise<void> {
-  const report = await windowStatus(target(inputs as WindowInputs), {
-    windowId: inputs.windowId,
-    timeouts: inputs.timeouts,
-    vanishedSocket: "vm-gone",
-  });
-  if (report.state !== "held") {
-    throw new QuiesceError(
-      "NOT_HELD",
-      `window ${inputs.windowId} is not held ${when} the snapshot command (state: ${report.state}); ` +
-        "a snapshot taken now would not be consistent. Raise maxDurationSeconds or check who thawed the guest.",
-      { windowId: inputs.windowId, state: report.state },
-    );
-  }
+function notHeld(inputs: HostSnapshotInputs, when: string, state: string, consequence: string): QuiesceError {
+  return new QuiesceError(
+    "NOT_HELD",
+    `window ${inputs.windowId} is not held ${when} the snapshot command (state: ${state}); ${consequence} ` +
+      "Raise maxDurationSeconds or check who thawed the guest.",
+    { windowId: inputs.windowId, state },
+  );
 }
 
-/** create for HostSnapshot: window held → command → window still held. */
+/**
+ * create for HostSnapshot: window held → command → window still held.
+ *
+ * Before the command the lease is checked (no agent session: each one costs about 100 ms of frozen time);
+ * after it the agent itself must say frozen with the lease still this window's, which is what proves the
+ * snapshot consistent. If that fails, the snapshot just taken is not consistent: the delete command (if
+ * any) removes it, so it neither lands in state nor stays on the host unseen.
+ */
 export async function createHostSnapshot(inputs: HostSnapshotInputs): Promise<{ id: Id; outs: HostSnapshotOutputs }> {
-  await requireHeld(inputs, "before");
+  const before = await leaseHeld(target(inputs as WindowInputs), inputs.windowId);
+  if (before.state !== "held") throw notHeld(inputs, "before", before.state, "nothing was run.");
   const started = Date.now();
   const r = await runOnHost(inputs, inputs.create, inputs.environment, 3_600_000);
   const commandMs = Date.now() - started;
@@ -372,7 +374,26 @@ export async function createHostSnapshot(inputs: HostSnapshotInputs): Promise<{ 
     const tail = r.stderr.trim().split("\n").slice(-5).join("\n");
     throw new QuiesceError("HOST_COMMAND_FAILED", `snapshot command exited with ${r.code}:\n${tail}`, { exitCode: r.code, stderr: tail });
   }
-  await requireHeld(inputs, "after");
+  const after = await windowStatus(target(inputs as WindowInputs), {
+    windowId: inputs.windowId,
+    timeouts: inputs.timeouts,
+    vanishedSocket: "vm-gone",
+  });
+  if (after.state !== "held") {
+    if (!inputs.delete) {
+      throw notHeld(inputs, "after", after.state, "the snapshot it took is NOT CONSISTENT and was left on the host (no delete command): remove it.");
+    }
+    const d = await runOnHost(inputs, inputs.delete, inputs.environment, 3_600_000);
+    throw notHeld(
+      inputs,
+      "after",
+      after.state,
+      d.code === 0
+        ? "the snapshot it took was not consistent and the delete command removed it."
+        : `the snapshot it took is NOT CONSISTENT, and the delete command failed (exit ${d.code}: ` +
+            `${d.stderr.trim().split("\n").slice(-3).join(" | ")}): remove it by hand.`,
+    );
+  }
   return {
     id: `${inputs.windowId}-snap-${started}`,
     outs: { ...inputs, exitCode: 0, stdout: r.stdout, stderr: r.stderr, commandMs },

@@ -265,6 +265,23 @@ export async function windowStatus(
   );
 }
 
+/**
+ * The lease's view of a window, without an agent session: `held` when the lease names `windowId` and its
+ * deadline has not passed. Cheap (a file read; opening an agent session costs about 100 ms, all of it frozen
+ * time inside a window), but blind to a thaw made outside pulumi-quiesce: {@link windowStatus} is the truth.
+ */
+export async function leaseHeld(
+  target: AgentTarget,
+  windowId: string,
+  deps: LifecycleDeps = {},
+): Promise<{ state: "held" | "expired" | "other-window" | "not-held"; lease: LeaseRecord | undefined }> {
+  const store = deps.leaseStore ?? leaseStoreFor(target, deps.pool);
+  const lease = await store.read(target.socketPath);
+  if (!lease) return { state: "not-held", lease };
+  if (lease.windowId !== windowId) return { state: "other-window", lease };
+  return { state: Date.parse(lease.expiresAt) < (deps.now ?? Date.now)() ? "expired" : "held", lease };
+}
+
 function alreadyFrozen(label: string, lease: LeaseRecord | undefined): QuiesceError {
   if (lease) {
     return new QuiesceError(

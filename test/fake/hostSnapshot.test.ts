@@ -41,7 +41,7 @@ test("refuses to run when the window is no longer held", async () => {
   await releaseWindow({ target: { socketPath: agent.socketPath, leaseDir }, windowId: inputs.windowId });
   const err = await createHostSnapshot({ ...inputs, create: "echo should-not-run" }).catch((e: unknown) => e);
   expect(isQuiesceError(err, "NOT_HELD")).toBe(true);
-  expect((err as Error).message).toMatch(/would not be consistent/);
+  expect((err as Error).message).toMatch(/not held before the snapshot command \(state: not-held\); nothing was run/);
 });
 
 test("fails when the window ended while the command ran", async () => {
@@ -54,7 +54,28 @@ test("fails when the window ended while the command ran", async () => {
   try {
     const err = await createHostSnapshot({ ...inputs, environment: { M: marker }, create: 'touch "$M"; sleep 0.5' }).catch((e: unknown) => e);
     expect(isQuiesceError(err, "NOT_HELD")).toBe(true);
-    expect((err as Error).message).toMatch(/not held after/);
+    expect((err as Error).message).toMatch(/not held after the snapshot command \(state: thawed-outside\).*NOT CONSISTENT and was left on the host/s);
+  } finally {
+    watcher.close();
+  }
+});
+
+test("a snapshot found inconsistent afterwards is removed by the delete command, so it does not linger unseen", async () => {
+  const inputs = await window();
+  const snapshot = path.join(leaseDir, "snapshot.img");
+  const watcher = fs.watch(leaseDir, () => {
+    if (fs.existsSync(snapshot)) agent.frozen.clear();
+  });
+  try {
+    const err = await createHostSnapshot({
+      ...inputs,
+      environment: { S: snapshot },
+      create: 'echo data > "$S"; sleep 0.5',
+      delete: 'rm "$S"',
+    }).catch((e: unknown) => e);
+    expect(isQuiesceError(err, "NOT_HELD")).toBe(true);
+    expect((err as Error).message).toMatch(/not consistent and the delete command removed it/);
+    expect(fs.existsSync(snapshot)).toBe(false);
   } finally {
     watcher.close();
   }
