@@ -36,6 +36,7 @@ my $SCAN_INTERVAL = 0.1;    # seconds between lease scans: the deadline is honou
 my $AGENT_TIMEOUT = 10.0;   # seconds to get an agent sync or reply
 my $IDLE_EXIT = 60.0;       # exit after this long with no lease and no holder
 my $HOLD_SILENCE = 15.0;    # seconds without a byte from a holder (it beats every 2 s) before it counts as gone
+my $RETRY_MAX = 5.0;        # seconds: a failing thaw is retried with backoff up to this interval
 
 my $JSON = JSON::PP->new->utf8->canonical;
 
@@ -198,6 +199,10 @@ sub new {
         buffers   => {},    # key -> bytes not yet split into lines
         last_seen => {},    # key -> time of its last byte
         pending   => {},    # lease file -> window id, disconnect thaws to retry
+        in_flight => {},    # lease file -> pid of the child process thawing it
+        children  => {},    # pid -> [lease file, window id, how]
+        retry_at  => {},    # lease file -> [next attempt time, current backoff]
+        server    => undef,
         last_busy => main::now(),
     }, $class;
 }
@@ -223,6 +228,7 @@ sub bind_socket {
     chmod(0600, $path);
     listen($server, 128) or die "cannot listen on $path: $!\n";
     $server->blocking(0);
+    $self->{sock_ino} = (stat($path))[1];
     return $server;
 }
 
@@ -270,15 +276,72 @@ sub show {
     return ref($v) ? $JSON->encode($v) : $JSON->encode([$v]) =~ s/\A\[|\]\z//gr;
 }
 
+# Schedules a thaw in a child process (one per lease at a time), so a silent agent delays no other guest.
+sub owe {
+    my ($self, $lease_file, $window_id, $how) = @_;
+    my $now = main::now();
+    my $due = $self->{retry_at}{$lease_file} ? $self->{retry_at}{$lease_file}[0] : 0;
+    if ($self->{in_flight}{$lease_file} || $due > $now) {
+        $self->{pending}{$lease_file} //= $window_id if $how eq "disconnected";
+        return;
+    }
+    delete $self->{pending}{$lease_file};
+    my $pid = fork();
+    if (!defined $pid) {
+        main::log_line($self->{dir}, "window $window_id: cannot fork a thaw ($!), will retry");
+        $self->failed($lease_file, $window_id, $how);
+        return;
+    }
+    if ($pid == 0) {
+        # The child only thaws: it lets go of the daemon's sockets, so clients see the daemon's closes.
+        CORE::close($_) for grep { defined } ($self->{server}, values %{ $self->{conns} });
+        POSIX::_exit($self->end_window($lease_file, $window_id, $how) ? 0 : 1);
+    }
+    $self->{in_flight}{$lease_file} = $pid;
+    $self->{children}{$pid} = [$lease_file, $window_id, $how];
+    return;
+}
+
+# A thaw that must be tried again: back off, and keep owing a disconnect (an expiry is found again by the scan).
+sub failed {
+    my ($self, $lease_file, $window_id, $how) = @_;
+    my $backoff = $self->{retry_at}{$lease_file} ? $self->{retry_at}{$lease_file}[1] : 0;
+    $backoff = $backoff * 2 < 0.2 ? 0.2 : ($backoff * 2 > $RETRY_MAX ? $RETRY_MAX : $backoff * 2);
+    $self->{retry_at}{$lease_file} = [main::now() + $backoff, $backoff];
+    $self->{pending}{$lease_file} //= $window_id if $how eq "disconnected";
+    return;
+}
+
+# Collects finished thaw children.
+sub reap {
+    my ($self) = @_;
+    while ((my $pid = waitpid(-1, POSIX::WNOHANG())) > 0) {
+        my $job = delete $self->{children}{$pid} or next;
+        my ($lease_file, $window_id, $how) = @$job;
+        delete $self->{in_flight}{$lease_file};
+        if ($? == 0) {
+            delete $self->{retry_at}{$lease_file};
+        } else {
+            $self->failed($lease_file, $window_id, $how);
+        }
+    }
+    return;
+}
+
+sub has_lease {
+    my ($self) = @_;
+    opendir(my $dh, $self->{dir}) or return 0;
+    my $found = grep { /\A[0-9a-f]{32}\.json\z/ } readdir($dh);
+    closedir($dh);
+    return $found;
+}
+
 sub scan {
     my ($self) = @_;
     my $now = main::now();
     my $any_lease = 0;
     # Thaws owed to holders that went away but could not be done yet (agent busy or not answering).
-    for my $lease_file (sort keys %{ $self->{pending} }) {
-        delete $self->{pending}{$lease_file}
-            if $self->end_window($lease_file, $self->{pending}{$lease_file}, "disconnected");
-    }
+    $self->owe($_, $self->{pending}{$_}, "disconnected") for sort keys %{ $self->{pending} };
     opendir(my $dh, $self->{dir}) or return;
     my @names = sort grep { /\.json\z/ && !/\.ended\.json\z/ } readdir($dh);
     closedir($dh);
@@ -296,9 +359,10 @@ sub scan {
             main::log_line($self->{dir}, "lease $name has no windowId");
             next;
         }
-        $self->end_window($name, $window_id, "expired") if $expires <= $now;
+        $self->owe($name, $window_id, "expired") if $expires <= $now;
     }
-    $self->{last_busy} = $now if $any_lease || %{ $self->{holders} } || %{ $self->{pending} };
+    $self->{last_busy} = $now
+        if $any_lease || %{ $self->{holders} } || %{ $self->{pending} } || %{ $self->{in_flight} };
     return;
 }
 
@@ -338,14 +402,14 @@ sub drop {
     my $conn = delete $self->{conns}{$key};
     CORE::close($conn) if $conn;
     for my $window_id (sort keys %$windows) {
-        $self->{pending}{ $windows->{$window_id} } = $window_id
-            unless $self->end_window($windows->{$window_id}, $window_id, "disconnected");
+        $self->owe($windows->{$window_id}, $window_id, "disconnected");
     }
     return;
 }
 
 sub serve {
     my ($self, $server) = @_;
+    $self->{server} = $server;
     my $sel = IO::Select->new($server);
     while (1) {
         my @readable = $sel->can_read($SCAN_INTERVAL);
@@ -384,12 +448,26 @@ sub serve {
             $sel->remove($self->{conns}{$key}) if $self->{conns}{$key};
             $self->drop($key);
         }
+        $self->reap();
         return unless -d $self->{dir};    # the lease directory was removed: nothing left to watch
         # A scan never stops the watchdog: whatever failed is logged and tried again on the next one.
         main::log_line($self->{dir}, "scan failed: " . ($@ || "unknown error")) unless eval { $self->scan(); 1 };
         if (!%{ $self->{conns} } && main::now() - $self->{last_busy} > $IDLE_EXIT) {
+            my @st = stat($self->{sock_path});
+            unlink($self->{sock_path}) if @st && $st[1] == $self->{sock_ino};    # only our own socket
+            # A lease written while we were deciding to leave must not go unwatched.
+            if ($self->has_lease()) {
+                main::log_line($self->{dir}, "lease appeared during idle exit; staying");
+                $sel->remove($server);
+                CORE::close($server);
+                $server = $self->bind_socket();
+                return unless $server;    # a newer watchdog serves the directory
+                $self->{server} = $server;
+                $sel->add($server);
+                $self->{last_busy} = main::now();
+                next;
+            }
             main::log_line($self->{dir}, "idle, exiting");
-            unlink($self->{sock_path});
             return;
         }
     }

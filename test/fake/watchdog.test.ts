@@ -121,6 +121,28 @@ describe.each(interpreters)("the watchdog under %s", (interpreter) => {
     expect(agent.status).toBe("thawed");
   });
 
+  test("a guest whose agent went silent delays no other guest's thaw", async () => {
+    const other = await FakeAgent.start();
+    const otherTarget: AgentTarget = { socketPath: other.socketPath, leaseDir };
+    try {
+      await createWindow({ target, mountpoints: ["/data"], maxDurationSeconds: 1, thawOnDisconnect: false });
+      const w = await createWindow({ target: otherTarget, mountpoints: ["/data"], maxDurationSeconds: 2, thawOnDisconnect: false });
+      // The first guest's agent stops answering: the watchdog's thaw of it, at its deadline, hangs (10 s per try).
+      agent.faults.silent = true;
+      const otherEnded = path.join(leaseDir, endedFileName(other.socketPath));
+      await waitForFile(otherEnded, 30_000);
+      expect(other.status).toBe("thawed");
+      // Thawed about at its own deadline, not after the silent guest's attempt gave up.
+      expect(Date.now() - Date.parse(w.expiresAt)).toBeLessThan(5_000);
+      expect(agent.status).toBe("frozen");
+      agent.resume();
+      await waitForFile(endedPath(), 30_000);
+      expect(agent.status).toBe("thawed");
+    } finally {
+      await other.stop();
+    }
+  }, 60_000);
+
   test("garbage does not take the watchdog down: a malformed lease, a bad HOLD, a client that hangs up", async () => {
     const first = await createWindow({ target, mountpoints: ["/data"], maxDurationSeconds: 60, thawOnDisconnect: false });
     // A lease file with a valid name but nonsense inside, and a client that leaves before its reply.
