@@ -349,9 +349,17 @@ sub scan {
         my $lease = main::read_json(File::Spec->catfile($self->{dir}, $name));
         next if !$lease || !exists $lease->{expiresAt};
         $any_lease = 1;
-        my $expires = eval { main::parse_time($lease->{expiresAt}) };
+        # The deadline is enforced on this host's clock: the lease's length (from the record) after the lease file
+        # was written here (its mtime), so a skewed clock on the client can neither stretch nor cut the freeze.
+        my $expires = eval {
+            my $length = main::parse_time($lease->{expiresAt}) - main::parse_time($lease->{frozenAt});
+            my $written = (Time::HiRes::stat(File::Spec->catfile($self->{dir}, $name)))[9];
+            die "removed\n" unless defined $written;
+            $written + ($length > 0 ? $length : 0);
+        };
         if (!defined $expires) {
-            main::log_line($self->{dir}, sprintf("lease %s has a bad expiresAt %s", $name, show($lease->{expiresAt})));
+            main::log_line($self->{dir}, sprintf("lease %s has a bad frozenAt %s or expiresAt %s (or was removed)",
+                $name, show($lease->{frozenAt}), show($lease->{expiresAt})));
             next;
         }
         my $window_id = $lease->{windowId};

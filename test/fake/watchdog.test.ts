@@ -62,6 +62,20 @@ describe.each(interpreters)("the watchdog under %s", (interpreter) => {
     expect((await releaseWindow({ target, windowId: w.windowId })).outcome).toBe("expired");
   });
 
+  test("the deadline is kept on the host's clock: a client clock an hour fast or slow neither stretches nor cuts the freeze", async () => {
+    // A client clock an hour slow writes a lease that looks long expired: it must still last its 3 s.
+    await createWindow({ target, mountpoints: ["/data"], maxDurationSeconds: 3, thawOnDisconnect: false }, { now: () => Date.now() - 3_600_000 });
+    const createdAt = Date.now();
+    await waitForFile(endedPath(), 30_000);
+    expect(Date.now() - createdAt).toBeGreaterThanOrEqual(2_000);
+    expect(agent.status).toBe("thawed");
+    fs.rmSync(endedPath());
+    // A client clock an hour fast writes a lease that looks an hour away: it must still end after its 1 s.
+    await createWindow({ target, mountpoints: ["/data"], maxDurationSeconds: 1, thawOnDisconnect: false }, { now: () => Date.now() + 3_600_000 });
+    await waitForFile(endedPath(), 10_000);
+    expect(agent.status).toBe("thawed");
+  }, 60_000);
+
   test("the freezing process is killed: the watchdog thaws at once (thawOnDisconnect)", async () => {
     const { child, windowId } = await spawnCreator({ target, mountpoints: ["/data"], maxDurationSeconds: 300 });
     expect(agent.status).toBe("frozen");
