@@ -50,6 +50,9 @@ sub log_line {
     if (open(my $f, '>>', File::Spec->catfile($dir, "watchdog.log"))) {
         print {$f} utc_stamp() . " $msg\n";
         close($f);
+    } else {
+        # Already open, needs no descriptor (/dev/null once daemonized).
+        print STDERR utc_stamp() . " $msg\n";
     }
     return;
 }
@@ -420,42 +423,57 @@ sub serve {
     $self->{server} = $server;
     my $sel = IO::Select->new($server);
     while (1) {
-        my @readable = $sel->can_read($SCAN_INTERVAL);
-        for my $r (@readable) {
-            if ($r == $server) {
-                my $conn;
-                next unless accept($conn, $server);
-                $conn->blocking(1);
-                binmode($conn);
-                $self->{conns}{"$conn"} = $conn;
-                $self->{buffers}{"$conn"} = "";
-                $sel->add($conn);
-                next;
+        # Serving clients never stops the watchdog: whatever fails is logged, and leases are still enforced.
+        main::log_line($self->{dir}, "serving clients failed: " . ($@ || "unknown error")) unless eval {
+            if ($self->{accept_paused_until} && main::now() >= $self->{accept_paused_until}) {
+                $self->{accept_paused_until} = 0;
+                $sel->add($server);
             }
-            my $key = "$r";
-            my $n = sysread($r, my $data, 4096);
-            next if !defined($n) && ($! == EINTR || $! == EAGAIN || $! == EWOULDBLOCK);
-            if (!$n) {
-                $sel->remove($r);
+            my @readable = $sel->can_read($SCAN_INTERVAL);
+            for my $r (@readable) {
+                if ($r == $server) {
+                    my $conn;
+                    if (!accept($conn, $server)) {
+                        next if $! == EAGAIN || $! == EWOULDBLOCK || $! == EINTR;
+                        # Out of file descriptors (EMFILE, ENFILE) or the like: pause accepting, keep enforcing leases.
+                        main::log_line($self->{dir}, "cannot accept a client ($!); pausing accepts for 1 s");
+                        $sel->remove($server);
+                        $self->{accept_paused_until} = main::now() + 1;
+                        next;
+                    }
+                    $conn->blocking(1);
+                    binmode($conn);
+                    $self->{conns}{"$conn"} = $conn;
+                    $self->{buffers}{"$conn"} = "";
+                    $sel->add($conn);
+                    next;
+                }
+                my $key = "$r";
+                my $n = sysread($r, my $data, 4096);
+                next if !defined($n) && ($! == EINTR || $! == EAGAIN || $! == EWOULDBLOCK);
+                if (!$n) {
+                    $sel->remove($r);
+                    $self->drop($key);
+                    next;
+                }
+                $self->{last_seen}{$key} = main::now();
+                $self->{buffers}{$key} .= $data;
+                while ((my $nl = index($self->{buffers}{$key}, "\n")) >= 0) {
+                    my $line = substr($self->{buffers}{$key}, 0, $nl);
+                    substr($self->{buffers}{$key}, 0, $nl + 1) = "";
+                    $self->on_line($key, $line);
+                }
+            }
+            # A crashed or hung client machine closes no connection (sshd keeps its channel): silence ends a hold.
+            my $now = main::now();
+            for my $key (grep { $now - ($self->{last_seen}{$_} // $now) > $HOLD_SILENCE } keys %{ $self->{holders} }) {
+                main::log_line($self->{dir}, "a holder of " . join(",", sort keys %{ $self->{holders}{$key} }) .
+                    " sent nothing for $HOLD_SILENCE s: treating it as gone");
+                $sel->remove($self->{conns}{$key}) if $self->{conns}{$key};
                 $self->drop($key);
-                next;
             }
-            $self->{last_seen}{$key} = main::now();
-            $self->{buffers}{$key} .= $data;
-            while ((my $nl = index($self->{buffers}{$key}, "\n")) >= 0) {
-                my $line = substr($self->{buffers}{$key}, 0, $nl);
-                substr($self->{buffers}{$key}, 0, $nl + 1) = "";
-                $self->on_line($key, $line);
-            }
-        }
-        # A crashed or hung client machine closes no connection (sshd keeps its channel): silence ends a hold.
-        my $now = main::now();
-        for my $key (grep { $now - ($self->{last_seen}{$_} // $now) > $HOLD_SILENCE } keys %{ $self->{holders} }) {
-            main::log_line($self->{dir}, "a holder of " . join(",", sort keys %{ $self->{holders}{$key} }) .
-                " sent nothing for $HOLD_SILENCE s: treating it as gone");
-            $sel->remove($self->{conns}{$key}) if $self->{conns}{$key};
-            $self->drop($key);
-        }
+            1;
+        };
         $self->reap();
         return unless -d $self->{dir};    # the lease directory was removed: nothing left to watch
         # A scan never stops the watchdog: whatever failed is logged and tried again on the next one.

@@ -30,12 +30,17 @@ _log_lock = threading.Lock()
 
 
 def log(dirpath, msg):
-    # Logging must never take the daemon down (a full /run, a removed directory).
+    # Logging must never take the daemon down (a full /run, a removed directory, no descriptor left).
+    line = "%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), msg)
     try:
         with _log_lock, open(os.path.join(dirpath, "watchdog.log"), "a") as f:
-            f.write("%s %s\n" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), msg))
+            f.write(line)
     except OSError:
-        pass
+        try:
+            sys.stderr.write(line)  # already open, needs no descriptor (/dev/null once daemonized)
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def read_json(path):
@@ -130,6 +135,8 @@ class Watchdog:
         self.holders = {}      # connection -> {windowId: leaseFile}
         self.buffers = {}
         self.last_seen = {}    # connection -> time of its last byte
+        self.conns = []        # client connections; on self, so a restarted serve() keeps reading them
+        self.accept_paused_until = 0.0
         self.pending = {}      # lease file -> (window id, how): thaws owed, retried with backoff
         self.retry_at = {}     # lease file -> (next attempt time, current backoff)
         self.in_flight = set() # lease files with a thaw running in a worker thread
@@ -306,30 +313,42 @@ class Watchdog:
         for window_id, lease_file in windows.items():
             self.owe(lease_file, window_id, "disconnected")
 
+    def forget(self, conn):
+        if conn in self.conns:
+            self.conns.remove(conn)
+        self.drop(conn)
+
+    def accept_all(self, server):
+        while True:  # accept every pending client, not one per pass
+            try:
+                conn, _ = server.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                # Out of file descriptors (EMFILE, ENFILE) or the like: pause accepting, keep enforcing leases.
+                log(self.dir, "cannot accept a client (%s); pausing accepts for 1 s" % e)
+                self.accept_paused_until = time.time() + 1.0
+                return
+            conn.setblocking(True)
+            conn.settimeout(5.0)
+            self.conns.append(conn)
+            self.buffers[conn] = b""
+            self.last_busy = time.time()
+
     def serve(self, server):
-        conns = []
         while True:
-            readable, _, _ = select.select([server] + conns, [], [], SCAN_INTERVAL)
+            listening = [server] if time.time() >= self.accept_paused_until else []
+            readable, _, _ = select.select(listening + self.conns, [], [], SCAN_INTERVAL)
             for r in readable:
                 if r is server:
-                    while True:  # accept every pending client, not one per pass
-                        try:
-                            conn, _ = server.accept()
-                        except (BlockingIOError, InterruptedError):
-                            break
-                        conn.setblocking(True)
-                        conn.settimeout(5.0)
-                        conns.append(conn)
-                        self.buffers[conn] = b""
-                        self.last_busy = time.time()
+                    self.accept_all(server)
                     continue
                 try:
                     data = r.recv(4096)
                 except OSError:
                     data = b""
                 if not data:
-                    conns.remove(r)
-                    self.drop(r)
+                    self.forget(r)
                     continue
                 self.last_seen[r] = time.time()
                 self.buffers[r] += data
@@ -339,12 +358,14 @@ class Watchdog:
             now = time.time()
             for conn in [c for c in self.holders if now - self.last_seen.get(c, now) > HOLD_SILENCE]:
                 log(self.dir, "a holder of %s sent nothing for %.0f s: treating it as gone" % (sorted(self.holders[conn]), HOLD_SILENCE))
-                conns.remove(conn)
-                self.drop(conn)
+                self.forget(conn)
             if not os.path.isdir(self.dir):
                 return  # the lease directory was removed: nothing left to watch
-            self.scan()
-            if not conns and time.time() - self.last_busy > IDLE_EXIT:
+            try:
+                self.scan()
+            except Exception:  # noqa: BLE001 - a scan never stops the watchdog: logged, and tried again next pass
+                log(self.dir, "scan failed, will retry: %s" % traceback.format_exc())
+            if not self.conns and time.time() - self.last_busy > IDLE_EXIT:
                 try:
                     if os.stat(self.sock_path).st_ino == self.sock_ino:
                         os.unlink(self.sock_path)  # only our own socket, never a newer daemon's

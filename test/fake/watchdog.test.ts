@@ -5,6 +5,7 @@
  * with QUIESCE_WATCHDOG_INTERPRETER (inherited by the child processes the tests spawn).
  * The same guarantees are proven against the real guest over SSH in test/lab/faults.test.ts.
  */
+import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as os from "node:os";
@@ -12,7 +13,7 @@ import * as path from "node:path";
 import { createWindow, releaseWindow, windowStatus, type AgentTarget } from "../../provider/quiesce/lifecycle";
 import { endedFileName, LocalLeaseStore } from "../../provider/quiesce/lease";
 import { isQuiesceError } from "../../provider/errors";
-import { WATCHDOG_INTERPRETER_ENV, type WatchdogInterpreter } from "../../provider/quiesce/watchdog";
+import { WATCHDOG_INTERPRETER_ENV, watchdogScript, type WatchdogInterpreter } from "../../provider/quiesce/watchdog";
 import { spawnCreator } from "./creatorProcess";
 import { FakeAgent } from "./fakeAgent";
 import { waitForFile } from "./waitForFile";
@@ -178,6 +179,52 @@ describe.each(interpreters)("the watchdog under %s", (interpreter) => {
     const log = fs.readFileSync(path.join(leaseDir, "watchdog.log"), "utf8");
     expect(log.match(/ serving /g)).toHaveLength(1);
   });
+
+  test("out of file descriptors: accepts pause, holders are still read, and deadlines are kept once descriptors free up", async () => {
+    // A watchdog limited to a few descriptors, so a flood of clients exhausts them (EMFILE on accept).
+    const file = path.join(leaseDir, interpreter === "perl" ? "watchdog.pl" : "watchdog.py");
+    fs.writeFileSync(file, watchdogScript(interpreter));
+    const daemon = spawn("sh", ["-c", `ulimit -n 24 && exec ${interpreter} "$0" "$1" --foreground`, file, leaseDir], { stdio: ["ignore", "pipe", "pipe"] });
+    let stderr = "";
+    daemon.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const flood: net.Socket[] = [];
+    const other = await FakeAgent.start();
+    try {
+      await new Promise<void>((resolve, reject) => {
+        daemon.stdout.on("data", (d: Buffer) => d.toString().includes("READY") && resolve());
+        daemon.once("exit", (code) => reject(new Error(`the watchdog exited ${code}`)));
+      });
+      // A is held by this process (it beats every 2 s); B has only a deadline.
+      const a = await createWindow({ target, mountpoints: ["/data"], maxDurationSeconds: 120 });
+      const otherTarget: AgentTarget = { socketPath: other.socketPath, leaseDir };
+      const b = await createWindow({ target: otherTarget, mountpoints: ["/data"], maxDurationSeconds: 18, thawOnDisconnect: false });
+      for (let i = 0; i < 40; i++) flood.push(net.createConnection(path.join(leaseDir, "watchdog.sock")).on("error", () => undefined));
+      // With no descriptor left the log file cannot be opened either: the watchdog says it on stderr.
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`the watchdog never said it could not accept; its stderr: ${stderr.slice(-500)}`)), 20_000);
+        const check = (): void => {
+          if (!stderr.includes("cannot accept a client")) return;
+          clearTimeout(timer);
+          resolve();
+        };
+        daemon.stderr.on("data", check);
+        check();
+      });
+      for (const c of flood) c.destroy();
+      // B ends at its deadline, 15 s and more after the flood: the watchdog kept working all along.
+      await waitForFile(path.join(leaseDir, endedFileName(other.socketPath)), 40_000);
+      expect(other.status).toBe("thawed");
+      expect(Date.now() - Date.parse(b.expiresAt)).toBeLessThan(5_000);
+      // A's heartbeats were read throughout: still frozen and held.
+      expect(agent.status).toBe("frozen");
+      expect((await windowStatus(target, { windowId: a.windowId })).state).toBe("held");
+      expect((await releaseWindow({ target, windowId: a.windowId })).outcome).toBe("released");
+    } finally {
+      for (const c of flood) c.destroy();
+      daemon.kill("SIGKILL");
+      await other.stop();
+    }
+  }, 90_000);
 
   test("the watchdog never thaws a freeze that is not its window's", async () => {
     const w = await createWindow({ target, mountpoints: ["/data"], maxDurationSeconds: 1, thawOnDisconnect: false });
