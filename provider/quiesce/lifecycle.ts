@@ -378,9 +378,24 @@ export async function createWindow(request: CreateWindowRequest, deps: Lifecycle
         } finally {
           await hold?.disarm();
         }
+      } else if (hold) {
+        // Could not thaw: keep the lease and let the hold go, so the watchdog thaws at once (a disconnect),
+        // retrying until the agent answers.
+        hold.drop();
       } else {
-        // Could not thaw: keep the lease and let the hold go, so the watchdog keeps trying until the agent answers.
-        hold?.drop();
+        // No hold to drop: end the lease now instead (its length becomes 0, so it is due at once on the host's
+        // clock), or the watchdog would wait for the deadline.
+        try {
+          if ((await store.read(target.socketPath))?.windowId === windowId) await store.write({ ...lease, expiresAt: lease.frozenAt });
+        } catch (handoffErr) {
+          return new QuiesceError(
+            isQuiesceError(error) ? error.code : "FREEZE_MISMATCH",
+            `${(error as Error).message} Handing the thaw to the watchdog failed too (${(handoffErr as Error).message}): ` +
+              `it thaws the guest at the lease deadline, ${lease.expiresAt}, unless \`quiesce thaw --force\` does first.`,
+            { target: label, windowId },
+            { cause: new AggregateError([error, handoffErr], "thaw failure, then handoff failure") },
+          );
+        }
       }
       return error;
     };
@@ -455,8 +470,8 @@ async function thawAfterFailure(
       thawed: false,
       error: new QuiesceError(
         "FREEZE_MISMATCH",
-        `${label}: ${what}, and after a thaw the agent still reports "${status}". The watchdog keeps trying to thaw ` +
-          "until the lease deadline; check with `quiesce status`.",
+        `${label}: ${what}, and after a thaw the agent still reports "${status}". The host's watchdog takes over and ` +
+          "keeps trying to thaw it; check with `quiesce status`.",
         { target: label },
         { cause },
       ),
@@ -467,8 +482,8 @@ async function thawAfterFailure(
       error: new QuiesceError(
         isQuiesceError(cause) ? cause.code : "FREEZE_MISMATCH",
         `${label}: ${what} (${(cause as Error).message}), and the thaw that followed failed too (${(thawErr as Error).message}). ` +
-          "THE GUEST MAY BE FROZEN. The host's watchdog keeps trying to thaw it as soon as the agent answers; " +
-          "check with `quiesce status`.",
+          "THE GUEST MAY BE FROZEN. The host's watchdog takes over and keeps trying to thaw it until the agent " +
+          "answers; check with `quiesce status`.",
         { target: label, thawError: (thawErr as Error).message },
         { cause: new AggregateError([cause, thawErr], "freeze failure, then thaw failure") },
       ),

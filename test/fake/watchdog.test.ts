@@ -127,12 +127,30 @@ describe.each(interpreters)("the watchdog under %s", (interpreter) => {
       (e: unknown) => e,
     );
     expect(isQuiesceError(err, "AGENT_TIMEOUT")).toBe(true);
-    expect((err as Error).message).toMatch(/MAY BE FROZEN.*watchdog keeps trying/s);
+    expect((err as Error).message).toMatch(/MAY BE FROZEN.*watchdog takes over/s);
     expect(agent.status).toBe("frozen");
     // The lease stays, so the watchdog keeps trying; once the agent answers again, it thaws.
     expect(await new LocalLeaseStore(leaseDir).read(agent.socketPath)).toBeDefined();
     agent.resume();
     await waitForFile(endedPath(), 30_000);
+    expect(agent.status).toBe("thawed");
+  });
+
+  test("the agent hangs mid-freeze with no hold (thawOnDisconnect off): the watchdog still takes over at once, not at the deadline", async () => {
+    agent.faults.hangAfterCommand = "guest-fsfreeze-freeze-list";
+    const err = await createWindow({
+      target,
+      mountpoints: ["/data"],
+      thawOnDisconnect: false,
+      maxDurationSeconds: 3600,
+      timeouts: { agentSeconds: 0.5, freezeSeconds: 0.5, thawSeconds: 0.5 },
+    }).catch((e: unknown) => e);
+    expect(isQuiesceError(err, "AGENT_TIMEOUT")).toBe(true);
+    expect((err as Error).message).toMatch(/MAY BE FROZEN.*watchdog takes over/s);
+    expect(agent.status).toBe("frozen");
+    agent.resume();
+    // Thawed as soon as the agent answers (retries back off to 5 s at most), an hour before the deadline.
+    expect(JSON.parse(await waitForFile(endedPath(), 30_000))).toMatchObject({ how: "expired" });
     expect(agent.status).toBe("thawed");
   });
 
