@@ -15,7 +15,8 @@
  *              SSH_CONNECTION_LOST, SSH_BASTION_FAILED, SSH_CONNECT_FAILED, SOCKET_MISSING,
  *              SOCKET_NOT_A_SOCKET, STREAMLOCAL_REFUSED, SOCKET_UNREACHABLE
  * - lifecycle: INVALID_INPUT, UNKNOWN_MOUNTPOINT, UNKNOWN_DISK, ALREADY_FROZEN, FREEZE_MISMATCH,
- *              NOT_HELD, NOT_OWNER, LEASE_EXPIRED, WATCHDOG_UNAVAILABLE, LEASE_IO, HOST_COMMAND_FAILED
+ *              NOT_HELD, NOT_OWNER, LEASE_EXPIRED, WATCHDOG_UNAVAILABLE, LEASE_IO, HOST_COMMAND_FAILED,
+ *              NOT_FREEZABLE
  * - any:       ABORTED
  */
 export type QuiesceErrorCode =
@@ -54,6 +55,7 @@ export type QuiesceErrorCode =
   | "WATCHDOG_UNAVAILABLE"
   | "LEASE_IO"
   | "HOST_COMMAND_FAILED"
+  | "NOT_FREEZABLE"
   | "ABORTED";
 
 /** Structured context of an error. Every field is optional; layers add what they know. */

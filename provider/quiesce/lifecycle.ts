@@ -408,14 +408,20 @@ export async function createWindow(request: CreateWindowRequest, deps: Lifecycle
     }
     const freezeMs = now() - frozenAtMs;
     try {
-      // 7. Verify: the count must match the selection and the agent must say frozen.
+      // 7. Verify: the count must match the selection (one per distinct device) and the agent must say frozen.
+      //    Freezing everything may also count a read-only mount of a type that cannot be frozen read-write.
       const status = await fsfreezeStatus(session, { signal });
-      if (count !== plan.mountpoints.length || status !== "frozen") {
+      const countOk = plan.all
+        ? count >= plan.expectedCount && count <= plan.expectedCount + plan.skipped.length
+        : count === plan.expectedCount;
+      if (!countOk || status !== "frozen") {
         throw new QuiesceError(
           "FREEZE_MISMATCH",
-          `${label}: asked to freeze ${plan.mountpoints.length} filesystem(s) (${plan.mountpoints.join(", ")}) but the agent ` +
-            `froze ${count} and reports "${status}". The guest was thawed. Check the guest's mounts and the agent's log.`,
-          { target: label, expected: plan.mountpoints.length, got: count, status },
+          `${label}: asked to freeze ${plan.mountpoints.join(", ")} (${plan.expectedCount} device(s)) but the agent ` +
+            `froze ${count} and reports "${status}". The guest was thawed. The agent skips, without a word, a filesystem ` +
+            "that cannot be frozen (FIFREEZE: EOPNOTSUPP, e.g. a FUSE or vfat mount) or one it already froze through " +
+            "another mount point: select mountpoints explicitly, and check the guest's mounts and the agent's log.",
+          { target: label, expected: plan.expectedCount, got: count, status },
         );
       }
     } catch (err) {

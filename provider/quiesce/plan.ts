@@ -18,10 +18,28 @@ export interface Selection {
 export interface FreezePlan {
   /** True when everything is frozen with guest-fsfreeze-freeze. */
   readonly all: boolean;
-  /** Mount points that will be frozen, sorted; for `all`, every filesystem fsinfo lists. */
+  /** Mount points that will be frozen, sorted; for `all`, every filesystem fsinfo lists that Linux can freeze. */
   readonly mountpoints: readonly string[];
   /** The filesystems concerned. */
   readonly filesystems: readonly GuestFilesystem[];
+  /**
+   * The count the agent must return: one per distinct device (fsinfo `name`). qemu-ga counts a bind mount
+   * of a device it already froze as nothing (FIFREEZE says EBUSY), so two mount points of one device count once.
+   */
+  readonly expectedCount: number;
+  /** Filesystems `all` leaves out because Linux cannot freeze them (see {@link NOT_FREEZABLE_TYPES}). */
+  readonly skipped: readonly GuestFilesystem[];
+}
+
+/**
+ * Filesystem types Linux cannot freeze when mounted read-write (they have no freeze_fs, so FIFREEZE says
+ * EOPNOTSUPP). qemu-ga skips them without a word and leaves them out of its count (qga/commands-posix.c), so
+ * a UEFI guest's /boot/efi (vfat) would otherwise make every freeze of "everything" look one short.
+ */
+export const NOT_FREEZABLE_TYPES: ReadonlySet<string> = new Set(["vfat", "msdos", "fat", "exfat", "ntfs", "ntfs3", "fuseblk"]);
+
+function distinctDevices(filesystems: readonly GuestFilesystem[]): number {
+  return new Set(filesystems.map((f) => f.name || f.mountpoint)).size;
 }
 
 /** The bus-target form of a disk: `bus-type:bus:target:unit`, e.g. `virtio:0:0:0`. */
@@ -52,7 +70,14 @@ export function planFreeze(selection: Selection, filesystems: readonly GuestFile
   const mountpoints = selection.mountpoints ?? [];
   const disks = selection.disks ?? [];
   if (mountpoints.length === 0 && disks.length === 0) {
-    return { all: true, mountpoints: filesystems.map((f) => f.mountpoint).sort(), filesystems };
+    const freezable = filesystems.filter((f) => !NOT_FREEZABLE_TYPES.has(f.type));
+    return {
+      all: true,
+      mountpoints: freezable.map((f) => f.mountpoint).sort(),
+      filesystems: freezable,
+      expectedCount: distinctDevices(freezable),
+      skipped: filesystems.filter((f) => NOT_FREEZABLE_TYPES.has(f.type)),
+    };
   }
   const chosen = new Map<string, GuestFilesystem>();
   const missingMounts = mountpoints.filter((m) => !filesystems.some((f) => f.mountpoint === m));
@@ -81,5 +106,16 @@ export function planFreeze(selection: Selection, filesystems: readonly GuestFile
     );
   }
   const selected = [...chosen.keys()].sort();
-  return { all: false, mountpoints: selected, filesystems: selected.map((m) => chosen.get(m) as GuestFilesystem) };
+  const selectedFilesystems = selected.map((m) => chosen.get(m) as GuestFilesystem);
+  const unfreezable = selectedFilesystems.filter((f) => NOT_FREEZABLE_TYPES.has(f.type));
+  if (unfreezable.length > 0) {
+    throw new QuiesceError(
+      "NOT_FREEZABLE",
+      `${target}: ${describeFilesystems(unfreezable)} cannot be frozen: Linux has no freeze for ` +
+        `${[...new Set(unfreezable.map((f) => f.type))].join(", ")}, and the agent would skip it without a word. Nothing was frozen. ` +
+        "Leave it out of the selection (a snapshot of it is crash-consistent at best).",
+      { target, notFreezable: unfreezable.map((f) => f.mountpoint) },
+    );
+  }
+  return { all: false, mountpoints: selected, filesystems: selectedFilesystems, expectedCount: distinctDevices(selectedFilesystems), skipped: [] };
 }

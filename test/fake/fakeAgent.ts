@@ -64,6 +64,9 @@ export function defaultFilesystems(): FakeFilesystem[] {
   ];
 }
 
+/** Filesystem types whose Linux driver has no freeze (FIFREEZE: EOPNOTSUPP), as a read-write mount. */
+const CANNOT_FREEZE = new Set(["vfat", "msdos", "exfat", "ntfs3", "fuseblk"]);
+
 const ALLOWED_WHILE_FROZEN = new Set([
   "guest-ping",
   "guest-info",
@@ -353,8 +356,18 @@ export class FakeAgent {
           this.error("GenericError", desc);
           return;
         }
-        for (const m of wanted) this.frozen.add(m);
-        this.reply({ return: this.faults.reportCount ?? wanted.length });
+        // As qemu-ga (qga/commands-posix.c): a filesystem whose FIFREEZE says EOPNOTSUPP (no freeze in its
+        // driver) or EBUSY (its device was frozen through another mount point) is skipped and not counted.
+        let count = 0;
+        const frozenDevices = new Set(this.filesystems.filter((f) => this.frozen.has(f.mountpoint)).map((f) => f.name));
+        for (const m of wanted) {
+          const fs = this.filesystems.find((f) => f.mountpoint === m) as FakeFilesystem;
+          if (CANNOT_FREEZE.has(fs.type) || frozenDevices.has(fs.name)) continue;
+          frozenDevices.add(fs.name);
+          this.frozen.add(m);
+          count++;
+        }
+        this.reply({ return: this.faults.reportCount ?? count });
         return;
       }
       case "guest-fsfreeze-thaw": {

@@ -4,7 +4,7 @@ import * as path from "node:path";
 import { createWindow, releaseWindow, windowStatus, type AgentTarget } from "../../provider/quiesce/lifecycle";
 import { LocalLeaseStore } from "../../provider/quiesce/lease";
 import { failure } from "./failure";
-import { FakeAgent } from "./fakeAgent";
+import { defaultFilesystems, FakeAgent, type FakeFilesystem } from "./fakeAgent";
 
 let agent: FakeAgent;
 let leaseDir: string;
@@ -173,4 +173,39 @@ test("the VM goes away mid-window: a missing socket is an error unless asked to 
   const released = await releaseWindow({ target, windowId: w.windowId, vanishedSocket: "vm-gone" });
   expect(released).toMatchObject({ outcome: "vm-gone", thawedCount: 0, agentStatus: "gone", lease: { windowId: w.windowId } });
   expect(await store.read(target.socketPath)).toBeUndefined();
+});
+
+describe("a UEFI guest with a bind mount (a vfat /boot/efi, and /srv bound from /data)", () => {
+  const uefi = (): FakeFilesystem[] => [
+    ...defaultFilesystems(),
+    { name: "vdc1", mountpoint: "/boot/efi", type: "vfat", disks: [{ "bus-type": "virtio", bus: 0, target: 2, unit: 0, dev: "/dev/vdc1" }] },
+    { name: "vda", mountpoint: "/srv", type: "ext4", disks: [{ "bus-type": "virtio", bus: 0, target: 0, unit: 0, dev: "/dev/vda", serial: "qdata1" }] },
+  ];
+  beforeEach(async () => {
+    await agent.stop();
+    agent = await FakeAgent.start({ filesystems: uefi() });
+    target = { socketPath: agent.socketPath, leaseDir };
+  });
+
+  test("freezing everything skips what Linux cannot freeze and counts a bind mount once: the freeze is accepted", async () => {
+    const w = await createWindow({ target });
+    expect(freezeCommands()).toEqual(["guest-fsfreeze-freeze"]);
+    expect(w.frozenMountpoints).toEqual(["/data", "/data2", "/srv"]);
+    expect(w.frozenCount).toBe(2);
+    expect(agent.status).toBe("frozen");
+    expect((await releaseWindow({ target, windowId: w.windowId })).outcome).toBe("released");
+  });
+
+  test("selecting /data and its bind mount /srv expects one device", async () => {
+    const w = await createWindow({ target, mountpoints: ["/data", "/srv"] });
+    expect(w.frozenCount).toBe(1);
+    await releaseWindow({ target, windowId: w.windowId });
+  });
+
+  test("selecting the vfat /boot/efi fails before anything is frozen and says why", async () => {
+    const err = await failure(createWindow({ target, mountpoints: ["/data", "/boot/efi"] }));
+    expect(err.code).toBe("NOT_FREEZABLE");
+    expect(err.message).toMatch(/\/boot\/efi \(vfat.*cannot be frozen.*Leave it out/s);
+    expect(freezeCommands()).toEqual([]);
+  });
 });
