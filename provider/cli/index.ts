@@ -231,6 +231,16 @@ export function buildProgram(): Command {
           }
           return { result: { outcome: "not-held", thawedCount: 0 }, human: "already thawed" };
         }
+        // A Pulumi stack's window is its deployment's to release (a snapshot may be running under it).
+        if (lease.owner.startsWith("pulumi:")) {
+          throw new QuiesceError(
+            "NOT_OWNER",
+            `${targetLabel(target)}: the freeze belongs to window ${lease.windowId} of the Pulumi stack ${lease.owner.slice("pulumi:".length)} ` +
+              `(lease until ${lease.expiresAt}); its deployment releases it, and the host's watchdog thaws it at the deadline. ` +
+              "Refusing to thaw it under a running snapshot; add --force if you are sure.",
+            { owner: lease.owner, windowId: lease.windowId },
+          );
+        }
         // Without --window, only a window this user made on this machine is "mine".
         const mine = o.window ? lease.windowId === o.window : lease.owner === cliOwner();
         if (!mine) {

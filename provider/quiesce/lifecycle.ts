@@ -287,8 +287,9 @@ function alreadyFrozen(label: string, lease: LeaseRecord | undefined): QuiesceEr
     return new QuiesceError(
       "ALREADY_FROZEN",
       `${label}: the guest is already frozen by window ${lease.windowId} of ${lease.owner} (frozen at ${lease.frozenAt}, ` +
-        `lease until ${lease.expiresAt}). Freezes do not nest: wait for that window to be released, or release it ` +
-        `(quiesce thaw --window ${lease.windowId}). Nothing was changed.`,
+        `lease until ${lease.expiresAt}). Freezes do not nest: wait for that window to be released (its lease ends ` +
+        `it by then at the latest), or release it with \`quiesce thaw --window ${lease.windowId}\`` +
+        `${lease.owner.startsWith("pulumi:") ? " --force (it is a Pulumi stack's: only if its deployment is gone)" : ""}. Nothing was changed.`,
       { target: label, ownerWindowId: lease.windowId, owner: lease.owner, expiresAt: lease.expiresAt },
     );
   }

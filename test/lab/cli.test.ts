@@ -6,6 +6,8 @@ import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { endedFileName } from "../../provider/quiesce/lease";
+import { createWindow } from "../../provider/quiesce/lifecycle";
+import { SshPool } from "../../provider/transport/ssh";
 import { waitForFile } from "../fake/waitForFile";
 import { inspectDataImage } from "./lab";
 import { useLab } from "./shared";
@@ -91,6 +93,36 @@ test("thaw refuses a window it does not own, naming the owner; --force thaws it"
   const forced = await quiesce(["thaw", ...ssh(), "--force", "--json"]);
   expect(forced.code).toBe(0);
   expect(forced.json).toMatchObject({ ok: true, outcome: "force-thawed", thawedCount: 1 });
+});
+
+test("thaw refuses a Pulumi stack's window even when named with --window; --force thaws it", async () => {
+  const { sshd, guest } = lab();
+  const pool = new SshPool();
+  try {
+    const w = await createWindow(
+      {
+        target: {
+          connection: { host: sshd.host, port: sshd.port, user: "root", privateKey: sshd.privateKey, knownHostsPath: sshd.knownHostsPath },
+          socketPath: guest.socketPath,
+          leaseDir: path.join(guest.runDir, `cli-leases-${leaseNo}`),
+        },
+        mountpoints: ["/data"],
+        owner: "pulumi:shop/prod/db-window",
+        thawOnDisconnect: false,
+      },
+      { pool },
+    );
+    const refused = await quiesce(["thaw", ...ssh(), "--window", w.windowId, "--json"]);
+    expect(refused.code).toBe(1);
+    expect(refused.json).toMatchObject({ ok: false, error: { code: "NOT_OWNER" } });
+    expect((refused.json.error as { message: string }).message).toMatch(/Pulumi stack shop\/prod\/db-window.*--force/s);
+    const again = await quiesce(["freeze", ...ssh(), "--mountpoint", "/data2", "--json"]);
+    expect((again.json.error as { message: string }).message).toContain(`quiesce thaw --window ${w.windowId}\` --force`);
+    const forced = await quiesce(["thaw", ...ssh(), "--window", w.windowId, "--force", "--json"]);
+    expect(forced.json).toMatchObject({ ok: true, outcome: "force-thawed", thawedCount: 1 });
+  } finally {
+    pool.closeAll();
+  }
 });
 
 test("run freezes, runs the host command with its arguments quoted, releases, and the copy is consistent", async () => {
