@@ -3,7 +3,11 @@ import { QuiesceWindow, WindowRelease, type QuiesceWindowArgs } from "./window";
 
 /** Arguments of {@link QuiescedSnapshot}. */
 export interface QuiescedSnapshotArgs {
-  /** The freeze. */
+  /**
+   * The freeze. A snapshot can only be taken inside a window frozen in the same deployment, so put every
+   * input whose change should produce a new snapshot (its name, size, stamp...) in `window.triggers`: a
+   * change there replaces the window, and with it the snapshots. A snapshot replaced on its own fails (NOT_HELD).
+   */
   window: QuiesceWindowArgs;
   /**
    * Declares your snapshot resources. They are created after the freeze and before the release;

@@ -11,6 +11,7 @@ const cfg = new pulumi.Config();
 const vg = cfg.require("vg");
 const lv = cfg.require("lv");
 const stamp = cfg.get("stamp") ?? "nightly";
+const size = cfg.get("snapshotSize") ?? "5G";
 
 new QuiescedSnapshot("db", {
   window: {
@@ -23,14 +24,15 @@ new QuiescedSnapshot("db", {
     // Select by disk serial so a guest-side renumbering of /dev/vdX cannot freeze the wrong disk.
     disks: cfg.getObject<string[]>("diskSerials"),
     maxDurationSeconds: 30,
-    triggers: [stamp],
+    // Everything that makes a new snapshot makes a new window: a snapshot is only taken inside a fresh freeze.
+    triggers: [stamp, vg, lv, size],
   },
   snapshots: (window, opts) => [
     new HostSnapshot(
       "lv-snap",
       {
         window,
-        environment: { VG: vg, LV: lv, SNAP: `${lv}-snap-${stamp}`, SIZE: cfg.get("snapshotSize") ?? "5G" },
+        environment: { VG: vg, LV: lv, SNAP: `${lv}-snap-${stamp}`, SIZE: size },
         create: 'lvcreate --snapshot --name "$SNAP" --size "$SIZE" "$VG/$LV"',
         delete: 'lvremove --yes "$VG/$SNAP"',
       },

@@ -66,11 +66,22 @@ export function isFrozenStateRefusal(body: AgentErrorBody): boolean {
 /** Maps an agent error reply to a QuiesceError (AGENT_FROZEN or AGENT_COMMAND_FAILED). */
 export function agentCommandError(command: string, body: AgentErrorBody, target: string): QuiesceError {
   const fields = { target, command, errorClass: body.class, desc: body.desc };
-  if (isFrozenStateRefusal(body)) {
+  if (/agent is in frozen state/i.test(body.desc)) {
     return new QuiesceError(
       "AGENT_FROZEN",
       `${target}: the guest agent refused ${command} because the guest filesystems are frozen ` +
         `(agent said: ${body.desc}). Thaw the guest first (quiesce status/thaw), or find who froze it.`,
+      fields,
+    );
+  }
+  if (isFrozenStateRefusal(body)) {
+    // Since qemu-ga 9.1 the same words answer a command refused while frozen and one an administrator
+    // blocked (--block-rpcs / --allow-rpcs); guest-fsfreeze-status, never refused, tells them apart.
+    return new QuiesceError(
+      "AGENT_FROZEN",
+      `${target}: the guest agent refused ${command} (agent said: ${body.desc}). Either the guest filesystems are ` +
+        "frozen (check with `quiesce status`; thaw them first, or find who froze them), or an administrator blocked " +
+        `${command} in the guest (qemu-ga --block-rpcs / --allow-rpcs, or /etc/qemu/qemu-ga.conf).`,
       fields,
     );
   }

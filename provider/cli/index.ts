@@ -60,8 +60,17 @@ function parseNumber(value: string | undefined, name: string, min: number, max: 
 function parseJump(spec: string, base: SshConnectionConfig): SshConnectionConfig {
   const m = /^(?:([^@]+)@)?([^:]+)(?::(\d+))?$/.exec(spec);
   if (!m) throw new UsageError(`--jump must look like user@host:port; got ${JSON.stringify(spec)}`);
-  // The bastion is verified through known_hosts (or its absence refused); the target's pinned key is not its key.
-  return { ...base, user: m[1] ?? base.user, host: m[2], port: m[3] ? Number(m[3]) : 22, hostKey: undefined, proxy: undefined };
+  // The bastion is verified through known_hosts (or its absence refused): the target's pinned key is not its
+  // key, and an opt-out of host key checking given for the target does not extend to the bastion.
+  return {
+    ...base,
+    user: m[1] ?? base.user,
+    host: m[2],
+    port: m[3] ? Number(m[3]) : 22,
+    hostKey: undefined,
+    insecureSkipHostKeyCheck: undefined,
+    proxy: undefined,
+  };
 }
 
 /** Builds the agent target from the TARGET options. */

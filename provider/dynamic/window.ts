@@ -347,6 +347,18 @@ export async function runOnHost(
   });
 }
 
+/**
+ * The last `lines` lines of a command's stderr for an error message. Errors are not secret (the engine prints
+ * and stores them), while the environment may be: its values are masked wherever the command echoed them.
+ */
+function stderrTail(stderr: string, environment: Record<string, string> | undefined, lines: number, separator: string): string {
+  let tail = stderr.trim().split("\n").slice(-lines).join(separator);
+  for (const value of Object.values(environment ?? {})) {
+    if (typeof value === "string" && value.length >= 4) tail = tail.split(value).join("[secret]");
+  }
+  return tail;
+}
+
 function notHeld(inputs: HostSnapshotInputs, when: string, state: string, consequence: string): QuiesceError {
   return new QuiesceError(
     "NOT_HELD",
@@ -366,12 +378,21 @@ function notHeld(inputs: HostSnapshotInputs, when: string, state: string, conseq
  */
 export async function createHostSnapshot(inputs: HostSnapshotInputs): Promise<{ id: Id; outs: HostSnapshotOutputs }> {
   const before = await leaseHeld(target(inputs as WindowInputs), inputs.windowId);
-  if (before.state !== "held") throw notHeld(inputs, "before", before.state, "nothing was run.");
+  if (before.state !== "held") {
+    throw notHeld(
+      inputs,
+      "before",
+      before.state,
+      "nothing was run. A snapshot needs a window frozen in the same deployment: if only the snapshot is being " +
+        "replaced or retried, replace its window too (put the snapshot's changing inputs in the window's `triggers`, " +
+        "or `pulumi up --replace` the window).",
+    );
+  }
   const started = Date.now();
   const r = await runOnHost(inputs, inputs.create, inputs.environment, 3_600_000);
   const commandMs = Date.now() - started;
   if (r.code !== 0) {
-    const tail = r.stderr.trim().split("\n").slice(-5).join("\n");
+    const tail = stderrTail(r.stderr, inputs.environment, 5, "\n");
     throw new QuiesceError("HOST_COMMAND_FAILED", `snapshot command exited with ${r.code}:\n${tail}`, { exitCode: r.code, stderr: tail });
   }
   const after = await windowStatus(target(inputs as WindowInputs), {
@@ -391,7 +412,7 @@ export async function createHostSnapshot(inputs: HostSnapshotInputs): Promise<{ 
       d.code === 0
         ? "the snapshot it took was not consistent and the delete command removed it."
         : `the snapshot it took is NOT CONSISTENT, and the delete command failed (exit ${d.code}: ` +
-            `${d.stderr.trim().split("\n").slice(-3).join(" | ")}): remove it by hand.`,
+            `${stderrTail(d.stderr, inputs.environment, 3, " | ")}): remove it by hand.`,
     );
   }
   return {
@@ -405,7 +426,7 @@ export async function deleteHostSnapshot(_id: Id, props: HostSnapshotOutputs): P
   if (!props.delete) return;
   const r = await runOnHost(props, props.delete, props.environment, 3_600_000);
   if (r.code !== 0) {
-    throw new QuiesceError("HOST_COMMAND_FAILED", `snapshot delete command exited with ${r.code}: ${r.stderr.trim().split("\n").slice(-5).join(" | ")}`, {
+    throw new QuiesceError("HOST_COMMAND_FAILED", `snapshot delete command exited with ${r.code}: ${stderrTail(r.stderr, props.environment, 5, " | ")}`, {
       exitCode: r.code,
     });
   }

@@ -266,6 +266,22 @@ export async function windowStatus(
 }
 
 /**
+ * Lets go of this process's hold on a window whose thaw is done and verified. Best effort: the lease is gone,
+ * so the watchdog has nothing left to do for it; a failed DISARM must not fail (or mask the error of) the
+ * call that thawed. The channel is closed either way.
+ */
+async function disarmBestEffort(windowId: string, label: string): Promise<void> {
+  const hold = heldHere(windowId);
+  if (!hold) return;
+  try {
+    await hold.disarm();
+  } catch (err) {
+    hold.drop();
+    process.stderr.write(`pulumi-quiesce: ${label}: window ${windowId} thawed, but disarming its watchdog hold failed: ${(err as Error).message}\n`);
+  }
+}
+
+/**
  * The lease's view of a window, without an agent session: `held` when the lease names `windowId` and its
  * deadline has not passed. Cheap (a file read; opening an agent session costs about 100 ms, all of it frozen
  * time inside a window), but blind to a thaw made outside pulumi-quiesce: {@link windowStatus} is the truth.
@@ -377,7 +393,7 @@ export async function createWindow(request: CreateWindowRequest, deps: Lifecycle
           // Compare-and-delete: if our session was lost, another window may have claimed the guest since.
           if ((await store.read(target.socketPath))?.windowId === windowId) await store.remove(target.socketPath);
         } finally {
-          await hold?.disarm();
+          await disarmBestEffort(windowId, label);
         }
       } else if (hold) {
         // Could not thaw: keep the lease and let the hold go, so the watchdog thaws at once (a disconnect),
@@ -526,7 +542,7 @@ export async function releaseWindow(request: ReleaseRequest, deps: LifecycleDeps
   const vmGone = async (): Promise<ReleaseResult> => {
     const lease = await store.read(target.socketPath);
     if (lease?.windowId === windowId) await store.remove(target.socketPath);
-    await heldHere(windowId)?.disarm();
+    await disarmBestEffort(windowId, label);
     return { outcome: "vm-gone", thawedCount: 0, lease, agentStatus: "gone" };
   };
   return withSession(target, request.timeouts, deps, request.signal, async (session) => {
@@ -554,13 +570,13 @@ export async function releaseWindow(request: ReleaseRequest, deps: LifecycleDeps
       }
     }
     await store.remove(target.socketPath);
-    await heldHere(windowId)?.disarm();
     if (agentStatus === "frozen") {
       // Best effort: the thaw is done and verified; a failed record must not turn it into a failed release.
       await store.writeEnded(target.socketPath, { windowId, how: "released", at: new Date(now()).toISOString() }).catch((err: unknown) => {
         process.stderr.write(`pulumi-quiesce: ${label}: window ${windowId} released, but its ended record was not written: ${(err as Error).message}\n`);
       });
     }
+    await disarmBestEffort(windowId, label);
     return {
       outcome: state === "held" ? "released" : (state as ReleaseResult["outcome"]),
       heldMs,

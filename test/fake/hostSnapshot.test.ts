@@ -87,3 +87,16 @@ test("a failing command fails the resource with its exit code and the end of its
   expect(isQuiesceError(err, "HOST_COMMAND_FAILED")).toBe(true);
   expect((err as Error).message).toMatch(/exited with 5.*Volume group not found/s);
 });
+
+test("environment values a failing command echoes are masked in the error (errors are not secret)", async () => {
+  const inputs = await window();
+  const err = await createHostSnapshot({
+    ...inputs,
+    environment: { RBD_KEY: "AQBx-very-secret-key==" },
+    create: 'echo "rbd: auth failed for key $RBD_KEY" >&2; exit 1',
+  }).catch((e: unknown) => e);
+  expect(isQuiesceError(err, "HOST_COMMAND_FAILED")).toBe(true);
+  expect((err as Error).message).toContain("auth failed for key [secret]");
+  expect(JSON.stringify(err)).not.toContain("very-secret");
+  expect(JSON.stringify((err as { fields: unknown }).fields)).not.toContain("very-secret");
+});
