@@ -24,6 +24,11 @@ import { isQuiesceError } from "../../provider/errors";
 export interface ConformanceTarget {
   /** Absolute path of the agent's UNIX socket on this machine. */
   socketPath: string;
+  /**
+   * Bind-mounts the guest's `source` at `target` (no agent session may be open meanwhile); resolves with
+   * the function that undoes it.
+   */
+  bindMount(source: string, target: string): Promise<() => Promise<void>>;
 }
 
 const TIMEOUT_MS = 10_000;
@@ -195,6 +200,29 @@ export function agentConformance(name: string, getTarget: () => ConformanceTarge
       // And the session layer copes: it syncs and the next answer is its own.
       session = await openSession(getTarget().socketPath);
       expect(await fsfreezeStatus(s())).toBe("thawed");
+    });
+
+    test("a second mount point of a device already frozen (a bind mount) is listed by fsinfo but never counted", async () => {
+      const target = getTarget();
+      s().close();
+      const unbind = await target.bindMount("/data", "/bindtest");
+      try {
+        session = await openSession(target.socketPath);
+        const filesystems = await getFsinfo(s());
+        const data = filesystems.find((f) => f.mountpoint === "/data");
+        expect(filesystems.find((f) => f.mountpoint === "/bindtest")).toMatchObject({ type: "ext4", name: data?.name });
+        // FIFREEZE on the second mount point of a frozen device says EBUSY: skipped, not counted.
+        expect(await fsfreezeFreezeList(s(), ["/data", "/bindtest"])).toBe(1);
+        expect(await fsfreezeStatus(s())).toBe("frozen");
+        await fsfreezeThaw(s());
+        // Freezing everything counts each device once.
+        expect(await fsfreezeFreezeAll(s())).toBe(new Set(filesystems.map((f) => f.name)).size);
+        await fsfreezeThaw(s());
+      } finally {
+        s().close();
+        await unbind();
+        session = await openSession(target.socketPath);
+      }
     });
 
     test("one client at a time: a second client is answered only after the first closes", async () => {
