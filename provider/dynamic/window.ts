@@ -24,9 +24,11 @@ import {
   type AgentTarget,
   type Timeouts,
   type WindowState,
+  DEFAULT_MAX_DURATION_SECONDS,
 } from "../quiesce/lifecycle";
 import { validateWindowInputs, validateConnection, type InputFailure, PULUMI_UNKNOWN } from "../quiesce/validate";
 import { diskBusTarget } from "../quiesce/plan";
+import { DEFAULT_LEASE_DIR } from "../quiesce/lease";
 
 /** QuiesceWindow inputs as the provider receives them (plain values). */
 export interface WindowInputs {
@@ -113,6 +115,15 @@ const CREDENTIAL_KEYS = [
   "proxy",
 ] as const;
 
+const WINDOW_KEYS = ["socketPath", "leaseDir", "mountpoints", "disks", "maxDurationSeconds", "thawOnDisconnect", "triggers"] as const;
+const WINDOW_DEFAULTS: Readonly<Record<string, unknown>> = {
+  leaseDir: DEFAULT_LEASE_DIR,
+  maxDurationSeconds: DEFAULT_MAX_DURATION_SECONDS,
+  thawOnDisconnect: true,
+  mountpoints: [],
+  disks: [],
+};
+
 function same(a: unknown, b: unknown): boolean {
   return JSON.stringify(a ?? null) === JSON.stringify(b ?? null);
 }
@@ -127,12 +138,14 @@ export async function diffWindow(
   const updates: string[] = [];
   const oc = (olds.connection ?? {}) as Record<string, unknown>;
   const nc = (news.connection ?? {}) as Record<string, unknown>;
+  // An input left out and the same input set to its default are the same window: no spurious replace.
+  const conn = (c: Record<string, unknown>, k: string): unknown => c[k] ?? ({ port: 22, user: "root" } as Record<string, unknown>)[k];
+  const effective = (w: WindowInputs, k: (typeof WINDOW_KEYS)[number]): unknown =>
+    w[k] ?? WINDOW_DEFAULTS[k];
   if (!same(olds.connection === undefined, news.connection === undefined)) replaces.push("connection");
-  for (const k of TARGET_KEYS) if (!same(oc[k], nc[k])) replaces.push(`connection.${k}`);
-  for (const k of CREDENTIAL_KEYS) if (!same(oc[k], nc[k])) updates.push(`connection.${k}`);
-  for (const k of ["socketPath", "leaseDir", "mountpoints", "disks", "maxDurationSeconds", "thawOnDisconnect", "triggers"] as const) {
-    if (!same(olds[k], news[k])) replaces.push(k);
-  }
+  for (const k of TARGET_KEYS) if (!same(conn(oc, k), conn(nc, k))) replaces.push(`connection.${k}`);
+  for (const k of CREDENTIAL_KEYS) if (!same(conn(oc, k), conn(nc, k))) updates.push(`connection.${k}`);
+  for (const k of WINDOW_KEYS) if (!same(effective(olds, k), effective(news, k))) replaces.push(k);
   if (!same(olds.timeouts, news.timeouts)) updates.push("timeouts");
   return { changes: replaces.length + updates.length > 0, replaces, deleteBeforeReplace: true };
 }

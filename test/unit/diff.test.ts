@@ -1,0 +1,25 @@
+/** QuiesceWindow's diff: what replaces the window (a new freeze), what only updates it, and what is no change. */
+import { diffWindow, type WindowInputs, type WindowOutputs } from "../../provider/dynamic/window";
+
+const base = { connection: { host: "hv1", privateKey: "KEY" }, socketPath: "/run/vm1/qga.sock", mountpoints: ["/data"] } as unknown as WindowInputs;
+const olds = { ...base, windowId: "qw-0123456789abcdef" } as unknown as WindowOutputs;
+const diff = (news: Record<string, unknown>) => diffWindow("qw-0123456789abcdef", olds, { ...base, ...news } as unknown as WindowInputs);
+
+test("an input set to its default is no change: port 22, user root, the default lease, lease dir and thawOnDisconnect", async () => {
+  expect(
+    await diff({
+      connection: { host: "hv1", privateKey: "KEY", port: 22, user: "root" },
+      leaseDir: "/run/pulumi-quiesce",
+      maxDurationSeconds: 300,
+      thawOnDisconnect: true,
+      disks: [],
+    }),
+  ).toEqual({ changes: false, replaces: [], deleteBeforeReplace: true });
+});
+
+test("the target, the selection or the lease replace (delete first); credentials only update", async () => {
+  expect(await diff({ connection: { host: "hv1", privateKey: "KEY", port: 2222 } })).toMatchObject({ changes: true, replaces: ["connection.port"] });
+  expect(await diff({ mountpoints: ["/data", "/data2"] })).toMatchObject({ replaces: ["mountpoints"], deleteBeforeReplace: true });
+  expect(await diff({ maxDurationSeconds: 60 })).toMatchObject({ replaces: ["maxDurationSeconds"] });
+  expect(await diff({ connection: { host: "hv1", privateKey: "OTHER" } })).toEqual({ changes: true, replaces: [], deleteBeforeReplace: true });
+});
