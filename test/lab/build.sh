@@ -20,7 +20,9 @@ image_mib=64
 # `depends=` field below; crc32c_generic is listed explicitly because ext4 and libcrc32c only name it as a
 # soft dependency ("crypto-crc32c"), which needs a userspace modprobe the initramfs does not have
 # (AGENT-FACTS.md, "A real guest on these machines").
-root_modules=(virtio_pci virtio_blk virtio_console crc32c_generic libcrc32c ext4)
+# fat, vfat and two NLS tables serve the optional vfat /boot/efi disk (startGuest's efiDisk), which init
+# formats with busybox mkdosfs at boot.
+root_modules=(virtio_pci virtio_blk virtio_console crc32c_generic libcrc32c ext4 fat vfat nls_cp437 nls_ascii)
 
 log() { printf 'lab-build: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

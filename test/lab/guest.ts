@@ -102,6 +102,8 @@ export interface StartGuestOptions {
   agent?: boolean;
   /** Serial of the /data2 disk (default "qdata2"); `null` attaches it without a serial. /data is always "qdata1". */
   data2Serial?: string | null;
+  /** Attach a blank disk (serial "qefi") that init formats as vfat and mounts on /boot/efi, as on a UEFI guest (default false). */
+  efiDisk?: boolean;
   /** Boot plus agent handshake budget, in milliseconds (default 90 000; a boot takes 3–9 s under TCG). */
   bootTimeoutMs?: number;
   /** Let a guest reboot (system_reset, or a reboot inside) restart it instead of ending QEMU (default false: -no-reboot). */
@@ -161,7 +163,13 @@ export async function startGuest(options: StartGuestOptions = {}): Promise<LabGu
         run("cp", ["--sparse=always", build.images[index], disk.image], { timeoutMs: 60_000, signal: options.signal }),
       ),
     );
+    const efiImage = path.join(runDir, "efi.img");
+    if (options.efiDisk) {
+      fs.writeFileSync(efiImage, "");
+      fs.truncateSync(efiImage, 16 * 1024 * 1024);
+    }
     const append = ["console=ttyS0", "quiet", "panic=-1", `quiesce.load=${load ? 1 : 0}`, `quiesce.agent=${agent ? 1 : 0}`];
+    if (options.efiDisk) append.push("quiesce.efi=1");
     if (options.loadIntervalMs !== undefined) append.push(`quiesce.load_ms=${Math.max(0, Math.round(options.loadIntervalMs))}`);
     const args = [
       "-accel", "tcg", "-m", "256", "-smp", "1",
@@ -173,6 +181,9 @@ export async function startGuest(options: StartGuestOptions = {}): Promise<LabGu
         "-drive", `file=${disk.image},if=none,id=data${index + 1},format=raw,cache=none`,
         "-device", `virtio-blk-pci,drive=data${index + 1}${disk.serial ? `,serial=${disk.serial}` : ""}`,
       ]),
+      ...(options.efiDisk
+        ? ["-drive", `file=${efiImage},if=none,id=efi,format=raw,cache=none`, "-device", "virtio-blk-pci,drive=efi,serial=qefi"]
+        : []),
       "-chardev", `socket,path=${socketPath},server=on,wait=off,id=qga0`,
       "-device", "virtio-serial-pci",
       "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",

@@ -32,11 +32,13 @@ fail() {
 load=0
 load_ms=100
 agent=1
+efi=0
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     quiesce.load=1) load=1 ;;
     quiesce.load_ms=*) load_ms="${arg#*=}" ;;
     quiesce.agent=0) agent=0 ;;
+    quiesce.efi=1) efi=1 ;;
   esac
 done
 
@@ -53,9 +55,9 @@ while :; do
   for dev in /sys/block/vd*; do
     [ -e "$dev" ] && [ -b "/dev/${dev##*/}" ] && count=$((count + 1))
   done
-  [ "$count" -ge 2 ] && break
+  [ "$count" -ge $((2 + efi)) ] && break
   tries=$((tries + 1))
-  [ "$tries" -gt 200 ] && fail "expected 2 virtio disks, found $count"
+  [ "$tries" -gt 200 ] && fail "expected $((2 + efi)) virtio disks, found $count"
   usleep 20000
 done
 
@@ -73,19 +75,30 @@ mount_disk() { # NAME MOUNTPOINT SERIAL
 }
 data_dev=""
 data2_dev=""
+efi_dev=""
 for dev in /sys/block/vd*; do
   case "$(cat "$dev/serial" 2>/dev/null)" in
     qdata1) data_dev="${dev##*/}" ;;
     qdata2) data2_dev="${dev##*/}" ;;
+    qefi) efi_dev="${dev##*/}" ;;
   esac
 done
 for dev in /sys/block/vd*; do
   name="${dev##*/}"
-  [ "$name" = "$data_dev" ] || [ "$name" = "$data2_dev" ] && continue
+  [ "$name" = "$data_dev" ] || [ "$name" = "$data2_dev" ] || [ "$name" = "$efi_dev" ] && continue
   if [ -z "$data_dev" ]; then data_dev="$name"; elif [ -z "$data2_dev" ]; then data2_dev="$name"; fi
 done
 mount_disk "$data_dev" /data "$(cat "/sys/block/$data_dev/serial" 2>/dev/null)"
 mount_disk "$data2_dev" /data2 "$(cat "/sys/block/$data2_dev/serial" 2>/dev/null)"
+# The optional blank disk with serial qefi becomes a vfat /boot/efi, as on a UEFI guest (Linux cannot
+# freeze vfat: the agent skips it without a word).
+if [ "$efi" = 1 ]; then
+  [ -n "$efi_dev" ] || fail "quiesce.efi=1 but no disk with serial qefi"
+  mkdosfs "/dev/$efi_dev" >/dev/null || fail "mkdosfs /dev/$efi_dev"
+  mkdir -p /boot/efi
+  mount -t vfat -o codepage=437,iocharset=ascii "/dev/$efi_dev" /boot/efi || fail "mount vfat /dev/$efi_dev on /boot/efi"
+  say "DISK mountpoint=/boot/efi dev=/dev/$efi_dev serial=qefi"
+fi
 
 # ---- guest agent ------------------------------------------------------------------------------------
 # Without udev there is no /dev/virtio-ports/ link: find the port by its name (AGENT-FACTS.md).
