@@ -201,13 +201,16 @@ export class SftpLeaseStore implements LeaseStore {
   }
 
   private async readText(file: string): Promise<string | undefined> {
-    const sftp = await this.pool.sftp(this.config);
-    return new Promise<string | undefined>((resolve, reject) =>
-      sftp.readFile(file, "utf8", (err, data) => {
-        if (!err) resolve(typeof data === "string" ? data : data.toString("utf8"));
-        else if ((err as Error & { code?: number }).code === SFTP_NO_SUCH_FILE) resolve(undefined);
-        else reject(this.ioError("read", file, err));
-      }),
+    return this.pool.withSftp(
+      this.config,
+      (sftp) =>
+        new Promise<string | undefined>((resolve, reject) =>
+          sftp.readFile(file, "utf8", (err, data) => {
+            if (!err) resolve(typeof data === "string" ? data : data.toString("utf8"));
+            else if ((err as Error & { code?: number }).code === SFTP_NO_SUCH_FILE) resolve(undefined);
+            else reject(this.ioError("read", file, err));
+          }),
+        ),
     );
   }
 
@@ -221,7 +224,10 @@ export class SftpLeaseStore implements LeaseStore {
 
   private async writeJson(file: string, record: unknown): Promise<void> {
     const tmp = `${file}.${randomBytes(6).toString("hex")}.tmp`;
-    const sftp = await this.pool.sftp(this.config);
+    await this.pool.withSftp(this.config, (sftp) => this.writeVia(sftp, file, tmp, record));
+  }
+
+  private async writeVia(sftp: SFTPWrapper, file: string, tmp: string, record: unknown): Promise<void> {
     await this.ensureDir(sftp);
     await call((cb) => sftp.writeFile(tmp, JSON.stringify(record) + "\n", { mode: 0o600 }, cb)).catch((err: unknown) => {
       throw this.ioError("write", tmp, err);
@@ -237,11 +243,12 @@ export class SftpLeaseStore implements LeaseStore {
 
   async remove(socketPath: string): Promise<void> {
     const file = path.posix.join(this.dir, leaseFileName(socketPath));
-    const sftp = await this.pool.sftp(this.config);
-    await call((cb) => sftp.unlink(file, cb)).catch((err: unknown) => {
-      if ((err as Error & { code?: number }).code === SFTP_NO_SUCH_FILE) return;
-      throw this.ioError("remove", file, err);
-    });
+    await this.pool.withSftp(this.config, (sftp) =>
+      call((cb) => sftp.unlink(file, cb)).catch((err: unknown) => {
+        if ((err as Error & { code?: number }).code === SFTP_NO_SUCH_FILE) return;
+        throw this.ioError("remove", file, err);
+      }),
+    );
   }
 
   private async ensureDir(sftp: SFTPWrapper): Promise<void> {

@@ -6,12 +6,15 @@
  * - Streamlocal channels are nearly free and are not capped by MaxSessions; an exec costs 110-170 ms
  *   and counts against MaxSessions, so execs stay off the hot path (only failure probes and the lease).
  * - `setNoDelay(true)` after connect avoids a ~43 ms Nagle/delayed-ACK stall between channels.
- * - ssh2 sends no keepalive by default; with keepalive a SIGSTOPped sshd is detected in seconds.
+ * - ssh2 sends no keepalive by default; with keepalive a SIGSTOPped sshd is detected in seconds. ssh2's own
+ *   keepalive timer is not unref'd, so the pool runs its own (a global request the server must answer) and
+ *   refs the socket only while a connection is in use: an idle pooled connection never keeps the process alive.
  * - A failed streamlocal open says only "open failed" whatever the cause; a probe exec tells them apart.
  * - Parsing an encrypted key costs ~335 ms: parse once and reuse.
  */
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
+import * as net from "node:net";
 import type { Duplex } from "node:stream";
 import { Client, utils, type AuthenticationType, type ClientChannel, type ConnectConfig, type ParsedKey, type SFTPWrapper } from "ssh2";
 import { QuiesceError, abortError, isQuiesceError } from "../errors";
@@ -175,10 +178,28 @@ function abortableDelay(ms: number, signal: AbortSignal | undefined): Promise<vo
 
 const RETRYABLE = new Set(["SSH_CONNECTION_REFUSED", "SSH_CONNECT_TIMEOUT", "SSH_CONNECT_FAILED", "SSH_BASTION_FAILED"]);
 
+/**
+ * What keeps the process alive while a connection is in use, and only then: the TCP socket of a direct
+ * connection, or a claim on the bastion's connection for one that runs through a bastion.
+ */
+interface Liveness {
+  ref(): void;
+  unref(): void;
+}
+
+/** The address of the keepalive probe: cancelling a forward nobody asked for, which the server always answers. */
+const KEEPALIVE_PROBE_HOST = "127.0.0.1";
+
 /** One pooled SSH connection. */
 class PooledConnection {
   readonly channels = new Set<Duplex>();
+  /** Channels that carry another connection (a bastion's forwardOut): they keep this one open, not the process alive. */
+  private readonly carriers = new Set<Duplex>();
+  /** Requests in flight that are not tracked channels yet (channel opens, SFTP operations). */
+  private pending = 0;
+  private refd = true;
   private idleTimer: NodeJS.Timeout | undefined;
+  private keepaliveTimer: NodeJS.Timeout | undefined;
   /** One SFTP session per connection, opened on first use (it costs one session channel). */
   sftp: Promise<SFTPWrapper> | undefined;
   private lostReason: QuiesceError | undefined;
@@ -189,6 +210,7 @@ class PooledConnection {
     readonly label: string,
     private readonly options: Required<SshPoolOptions>,
     private readonly onGone: () => void,
+    private readonly liveness: Liveness,
   ) {
     client.on("error", (err: Error) => {
       this.lostReason = new QuiesceError(
@@ -202,17 +224,84 @@ class PooledConnection {
       this.gone();
     });
     client.on("close", () => this.gone());
+    this.startKeepalive();
     this.armIdle();
+    this.updateRef();
   }
 
-  track(channel: Duplex): void {
+  track(channel: Duplex, options: { carrier?: boolean } = {}): void {
     if (this.idleTimer) clearTimeout(this.idleTimer);
     this.idleTimer = undefined;
     this.channels.add(channel);
+    if (options.carrier) this.carriers.add(channel);
+    this.updateRef();
     channel.once("close", () => {
       this.channels.delete(channel);
+      this.carriers.delete(channel);
       this.armIdle();
+      this.updateRef();
     });
+  }
+
+  /** Keeps the process alive while `work` runs on this connection (a request not yet a tracked channel). */
+  async using<T>(work: () => Promise<T>): Promise<T> {
+    this.retain();
+    try {
+      return await work();
+    } finally {
+      this.release();
+    }
+  }
+
+  retain(): void {
+    this.pending++;
+    this.updateRef();
+  }
+
+  release(): void {
+    this.pending--;
+    this.updateRef();
+  }
+
+  /** Ref'd while in use; an idle connection never keeps the process alive (nor do its timers). */
+  private updateRef(): void {
+    const wanted = !this.closed && (this.pending > 0 || this.channels.size > this.carriers.size);
+    if (wanted === this.refd) return;
+    this.refd = wanted;
+    if (wanted) this.liveness.ref();
+    else this.liveness.unref();
+  }
+
+  /**
+   * Our own keepalive, on an unref'd timer (ssh2's would keep the process alive): a global request the server
+   * must answer, every keepaliveIntervalMs; keepaliveCountMax unanswered in a row end the connection.
+   */
+  private startKeepalive(): void {
+    let unanswered = 0;
+    this.keepaliveTimer = setInterval(() => {
+      if (unanswered >= this.options.keepaliveCountMax) {
+        this.lostReason ??= new QuiesceError(
+          "SSH_CONNECTION_LOST",
+          `${this.label}: SSH connection lost (Keepalive timeout: no answer to ${unanswered} keepalives, one every ` +
+            `${this.options.keepaliveIntervalMs} ms). Open agent channels were closed; the next use reconnects.`,
+          { target: this.label },
+        );
+        this.client.destroy();
+        this.gone();
+        return;
+      }
+      unanswered++;
+      try {
+        this.client.unforwardIn(KEEPALIVE_PROBE_HOST, 0, () => {
+          unanswered = 0; // answered: a failure reply ("no such forward") is the expected answer
+        });
+      } catch (err) {
+        // ssh2 throws "Not connected" once the socket is gone; its 'close' ends this connection.
+        this.lostReason ??= new QuiesceError("SSH_CONNECTION_LOST", `${this.label}: SSH connection lost (${(err as Error).message})`, { target: this.label }, { cause: err });
+        this.gone();
+      }
+    }, this.options.keepaliveIntervalMs);
+    this.keepaliveTimer.unref();
   }
 
   private armIdle(): void {
@@ -232,6 +321,12 @@ class PooledConnection {
     if (this.closed) return;
     this.closed = true;
     if (this.idleTimer) clearTimeout(this.idleTimer);
+    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
+    // Let go of the socket or the bastion.
+    if (this.refd) {
+      this.refd = false;
+      this.liveness.unref();
+    }
     this.onGone();
     const reason =
       this.lostReason ??
@@ -303,7 +398,8 @@ export class SshPool {
             resolve(channel);
           }),
         );
-        stream = await this.withTimeout(opening, (config.perDialTimeout ?? DEFAULT_PER_DIAL_TIMEOUT_S) * 1000, options.signal, target).catch(
+        const using = connection;
+        stream = await using.using(() => this.withTimeout(opening, (config.perDialTimeout ?? DEFAULT_PER_DIAL_TIMEOUT_S) * 1000, options.signal, target)).catch(
           (err: unknown) => {
             abandoned = true;
             throw err;
@@ -355,16 +451,28 @@ export class SshPool {
     const connection = await this.connection(config, options.signal);
     if (!connection.sftp) {
       const label = connection.label;
-      connection.sftp = new Promise<SFTPWrapper>((resolve, reject) =>
-        connection.client.sftp((err, sftp) => {
-          if (err) {
-            connection.sftp = undefined;
-            reject(new QuiesceError("SSH_CONNECT_FAILED", `${label}: cannot open an SFTP session: ${err.message}. Is the sftp subsystem enabled in sshd_config?`, { target: label }, { cause: err }));
-          } else resolve(sftp);
-        }),
+      connection.sftp = connection.using(
+        () =>
+          new Promise<SFTPWrapper>((resolve, reject) =>
+            connection.client.sftp((err, sftp) => {
+              if (err) {
+                connection.sftp = undefined;
+                reject(new QuiesceError("SSH_CONNECT_FAILED", `${label}: cannot open an SFTP session: ${err.message}. Is the sftp subsystem enabled in sshd_config?`, { target: label }, { cause: err }));
+              } else resolve(sftp);
+            }),
+          ),
       );
     }
     return connection.sftp;
+  }
+
+  /**
+   * Runs `work` with the connection's SFTP session, keeping the process alive meanwhile (the session
+   * itself never does: it stays open while the connection is idle).
+   */
+  async withSftp<T>(config: SshConnectionConfig, work: (sftp: SFTPWrapper) => Promise<T>, options: OpenOptions = {}): Promise<T> {
+    const connection = await this.connection(config, options.signal);
+    return connection.using(async () => work(await this.sftp(config, options)));
   }
 
   /** Closes every connection now. Open channels fail with SSH_CONNECTION_LOST. */
@@ -383,7 +491,7 @@ export class SshPool {
     const limit = options.maxOutputBytes ?? 65_536;
     const timeoutMs = options.timeoutMs ?? 30_000;
     const label = connection.label;
-    return new Promise<ExecResult>((resolve, reject) => {
+    return connection.using(() => new Promise<ExecResult>((resolve, reject) => {
       connection.client.exec(command, (err, channel) => {
         if (err) {
           reject(new QuiesceError("SSH_CONNECT_FAILED", `${label}: cannot start a command: ${err.message}`, { target: label }, { cause: err }));
@@ -434,7 +542,7 @@ export class SshPool {
         if (options.stdin !== undefined) channel.end(options.stdin);
         else channel.end();
       });
-    });
+    }));
   }
 
   private async diagnoseOpenFailure(
@@ -569,7 +677,7 @@ export class SshPool {
     const limit = Math.max(1, config.dialErrorLimit ?? DEFAULT_DIAL_ERROR_LIMIT);
     for (let attempt = 1; ; attempt++) {
       try {
-        const client = await this.dialOnce(config, verifier, key0, signal);
+        const { client, liveness } = await this.dialOnce(config, verifier, key0, signal);
         this.connectionsMade++;
         return new PooledConnection(client, label, this.options, () => {
           if (this.connections.get(key) !== undefined) {
@@ -578,7 +686,7 @@ export class SshPool {
               if (c.client === client) this.connections.delete(key);
             }, () => undefined /* a failed newer dial removes itself */);
           }
-        });
+        }, liveness);
       } catch (err) {
         if (!isQuiesceError(err) || !RETRYABLE.has(err.code) || attempt >= limit) throw err;
         // Backoff: 250 ms, 500 ms, 1 s, 2 s, then 4 s between attempts.
@@ -592,38 +700,10 @@ export class SshPool {
     verifier: HostKeyVerifier,
     privateKey: ParsedKey | undefined,
     signal: AbortSignal | undefined,
-  ): Promise<Client> {
+  ): Promise<{ client: Client; liveness: Liveness }> {
     const label = sshLabel(config);
     const user = config.user ?? "root";
-    let sock: Duplex | undefined;
-    if (config.proxy) {
-      const bastion = await this.connection(config.proxy, signal).catch((err: unknown) => {
-        throw new QuiesceError(
-          "SSH_BASTION_FAILED",
-          `${label}: cannot reach the bastion ${sshLabel(config.proxy as SshConnectionConfig)}: ${(err as Error).message}`,
-          { target: label, ...(isQuiesceError(err) ? { bastionCode: err.code } : {}) },
-          { cause: err },
-        );
-      });
-      sock = await new Promise<Duplex>((resolve, reject) =>
-        bastion.client.forwardOut("127.0.0.1", 0, config.host, config.port ?? 22, (err, stream) => {
-          if (err) {
-            reject(
-              new QuiesceError(
-                "SSH_BASTION_FAILED",
-                `${label}: the bastion ${bastion.label} could not open a TCP connection to ${config.host}:${config.port ?? 22} ` +
-                  `(${err.message}). Check that the bastion can reach the host and allows TCP forwarding.`,
-                { target: label },
-                { cause: err },
-              ),
-            );
-          } else {
-            bastion.track(stream);
-            resolve(stream);
-          }
-        }),
-      );
-    }
+    // Credentials first: nothing is dialled for a config that cannot authenticate.
     const methods: { type: AuthenticationType; describe: string; make: () => object }[] = [];
     if (privateKey) methods.push({ type: "publickey", describe: `publickey (${privateKey.type})`, make: () => ({ type: "publickey", username: user, key: privateKey }) });
     const agentPath = agentSocket(config);
@@ -638,10 +718,49 @@ export class SshPool {
         { target: label, tried: [] },
       );
     }
+    let sock: Duplex;
+    let liveness: Liveness;
+    if (config.proxy) {
+      const bastion = await this.connection(config.proxy, signal).catch((err: unknown) => {
+        throw new QuiesceError(
+          "SSH_BASTION_FAILED",
+          `${label}: cannot reach the bastion ${sshLabel(config.proxy as SshConnectionConfig)}: ${(err as Error).message}`,
+          { target: label, ...(isQuiesceError(err) ? { bastionCode: err.code } : {}) },
+          { cause: err },
+        );
+      });
+      sock = await bastion.using(() => new Promise<Duplex>((resolve, reject) =>
+        bastion.client.forwardOut("127.0.0.1", 0, config.host, config.port ?? 22, (err, stream) => {
+          if (err) {
+            reject(
+              new QuiesceError(
+                "SSH_BASTION_FAILED",
+                `${label}: the bastion ${bastion.label} could not open a TCP connection to ${config.host}:${config.port ?? 22} ` +
+                  `(${err.message}). Check that the bastion can reach the host and allows TCP forwarding.`,
+                { target: label },
+                { cause: err },
+              ),
+            );
+          } else {
+            // The bastion stays open while it carries this connection, and keeps the process alive only
+            // while this connection is in use (liveness below).
+            bastion.track(stream, { carrier: true });
+            bastion.retain();
+            resolve(stream);
+          }
+        }),
+      ));
+      liveness = { ref: () => bastion.retain(), unref: () => bastion.release() };
+    } else {
+      // Our own socket, so that an idle connection can be unref'd (ssh2 keeps its socket to itself).
+      const tcp = net.connect({ host: config.host, port: config.port ?? 22 });
+      sock = tcp;
+      liveness = tcp;
+    }
     const tried: string[] = [];
     let serverAllows: string[] | undefined;
     const client = new Client();
-    return new Promise<Client>((resolve, reject) => {
+    return new Promise<{ client: Client; liveness: Liveness }>((resolve, reject) => {
       let settled = false;
       const onAbort = (): void => fail(abortError(signal as AbortSignal, { target: label }));
       const fail = (err: QuiesceError): void => {
@@ -649,6 +768,8 @@ export class SshPool {
         settled = true;
         signal?.removeEventListener("abort", onAbort);
         client.end();
+        sock.destroy();
+        if (config.proxy) liveness.unref(); // the claim on the bastion taken when its channel opened
         reject(err);
       };
       signal?.addEventListener("abort", onAbort, { once: true });
@@ -657,7 +778,7 @@ export class SshPool {
         settled = true;
         signal?.removeEventListener("abort", onAbort);
         client.setNoDelay(true);
-        resolve(client);
+        resolve({ client, liveness });
       });
       client.on("error", (err: Error & { level?: string; code?: string }) => {
         if (settled) return;
@@ -667,13 +788,12 @@ export class SshPool {
         fail(new QuiesceError("SSH_CONNECT_FAILED", `${label}: the server closed the connection during the handshake`, { target: label })),
       );
       const connectConfig: ConnectConfig = {
-        host: sock ? undefined : config.host,
-        port: sock ? undefined : (config.port ?? 22),
+        // Always our socket: ssh2 dials nothing itself.
         sock,
         username: user,
         readyTimeout: (config.perDialTimeout ?? DEFAULT_PER_DIAL_TIMEOUT_S) * 1000,
-        keepaliveInterval: this.options.keepaliveIntervalMs,
-        keepaliveCountMax: this.options.keepaliveCountMax,
+        // ssh2's keepalive timer would keep the process alive: PooledConnection runs an unref'd one instead.
+        keepaliveInterval: 0,
         hostVerifier: verifier.hostVerifier,
         ...(verifier.serverHostKeyAlgorithms
           ? { algorithms: { serverHostKey: [...verifier.serverHostKeyAlgorithms] } as ConnectConfig["algorithms"] }

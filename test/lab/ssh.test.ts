@@ -189,6 +189,50 @@ describe("bastion", () => {
   });
 });
 
+describe("process lifetime", () => {
+  let bastion: LabSshd;
+  beforeAll(async () => {
+    bastion = await startSshd();
+  });
+  afterAll(async () => bastion?.stop());
+
+  /** A separate process uses a pool whose idle close is 10 minutes away, and does not close it. */
+  function useAndLeave(cfg: SshConnectionConfig): Promise<{ code: number | null; stdout: string }> {
+    const script = `
+      const { SshPool } = require("./dist/provider/transport/ssh");
+      const { AgentSession } = require("./dist/provider/agent/session");
+      const { ping } = require("./dist/provider/agent/commands");
+      const [cfg, socketPath] = JSON.parse(process.argv[1]);
+      const pool = new SshPool({ idleTimeoutMs: 600000 });
+      (async () => {
+        const channel = await pool.openAgentChannel(cfg, socketPath);
+        const s = await AgentSession.open(channel.stream, { target: channel.target, syncTimeoutMs: 15000, commandTimeoutMs: 15000 });
+        await ping(s);
+        s.close();
+        const r = await pool.exec(cfg, "echo done");
+        console.log(r.stdout.trim());
+      })().catch((e) => { console.error(e); process.exit(1); });`;
+    return new Promise((resolve, reject) => {
+      const child = spawn(process.execPath, ["-e", script, JSON.stringify([cfg, lab().guest.socketPath])], {
+        cwd: path.resolve(__dirname, "../.."),
+        stdio: ["ignore", "pipe", "inherit"],
+      });
+      let stdout = "";
+      child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+      child.on("error", reject);
+      child.on("close", (code) => resolve({ code, stdout: stdout.trim() }));
+    });
+  }
+
+  test("an idle pooled connection never keeps the process alive: it exits when its work is done, long before the idle close", async () => {
+    expect(await useAndLeave(config())).toEqual({ code: 0, stdout: "done" });
+  }, 60_000);
+
+  test("nor does one through a bastion (the bastion's connection is idle too)", async () => {
+    expect(await useAndLeave(config({ proxy: config({}, bastion) }))).toEqual({ code: 0, stdout: "done" });
+  }, 60_000);
+});
+
 describe("agent socket diagnosis", () => {
   test("a missing socket, a path that is not a socket, and a relative path each get their own error", async () => {
     const pool = newPool();
@@ -253,7 +297,7 @@ describe("dead servers and reconnects", () => {
       // The command can never be answered; keepalive (3 x 0.5 s) must end the wait well before the command timeout.
       const err = await failure(s.execute("guest-ping", undefined, { timeoutMs: 60_000 }));
       expect(err.code).toBe("AGENT_INTERRUPTED");
-      expect(String((err.cause as Error | undefined)?.message)).toMatch(/SSH connection lost \(Keepalive timeout\)/);
+      expect(String((err.cause as Error | undefined)?.message)).toMatch(/SSH connection lost \(Keepalive timeout: no answer to 3 keepalives/);
       // The stopped sshd child still holds the agent chardev (one client at a time): end it, as an
       // operator would, before the next use.
       for (const pid of stopped.splice(0)) process.kill(pid, "SIGKILL");
