@@ -239,6 +239,17 @@ function classify(
   return "not-held";
 }
 
+/** What the host records for a socket: its lease, or else how its last window ended. */
+interface HostRecords {
+  readonly lease: LeaseRecord | undefined;
+  readonly ended: EndedRecord | undefined;
+}
+
+async function readRecords(store: LeaseStore, socketPath: string): Promise<HostRecords> {
+  const lease = await store.read(socketPath);
+  return { lease, ended: lease ? undefined : await store.readEnded(socketPath) };
+}
+
 /** Reports the agent's status and the lease; `windowId` says whose point of view `state` takes. */
 export async function windowStatus(
   target: AgentTarget,
@@ -247,10 +258,7 @@ export async function windowStatus(
 ): Promise<StatusReport> {
   const store = deps.leaseStore ?? leaseStoreFor(target, deps.pool);
   const now = (deps.now ?? Date.now)();
-  const records = async (): Promise<{ lease: LeaseRecord | undefined; ended: EndedRecord | undefined }> => {
-    const lease = await store.read(target.socketPath);
-    return { lease, ended: lease ? undefined : await store.readEnded(target.socketPath) };
-  };
+  const records = (): Promise<HostRecords> => readRecords(store, target.socketPath);
   return withSession<StatusReport>(
     target,
     options.timeouts,
@@ -547,8 +555,7 @@ export async function releaseWindow(request: ReleaseRequest, deps: LifecycleDeps
   };
   return withSession(target, request.timeouts, deps, request.signal, async (session) => {
     const agentStatus = await fsfreezeStatus(session);
-    const lease = await store.read(target.socketPath);
-    const ended = lease ? undefined : await store.readEnded(target.socketPath);
+    const { lease, ended } = await readRecords(store, target.socketPath);
     const state = classify(lease, agentStatus, windowId, now(), ended);
     if (lease?.windowId !== windowId) {
       // Nothing of ours to thaw; a hold this process still has would only thaw someone else's lease-less guest.

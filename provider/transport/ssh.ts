@@ -398,8 +398,8 @@ export class SshPool {
             resolve(channel);
           }),
         );
-        const using = connection;
-        stream = await using.using(() => this.withTimeout(opening, (config.perDialTimeout ?? DEFAULT_PER_DIAL_TIMEOUT_S) * 1000, options.signal, target)).catch(
+        const current = connection; // `connection` may be replaced by a later attempt
+        stream = await current.using(() => this.withTimeout(opening, (config.perDialTimeout ?? DEFAULT_PER_DIAL_TIMEOUT_S) * 1000, options.signal, target)).catch(
           (err: unknown) => {
             abandoned = true;
             throw err;
