@@ -49,6 +49,14 @@ export interface FilesystemSummary {
   mountpoint: string;
   /** Filesystem type, e.g. `ext4`. */
   type: string;
-  /** Backing disks: serial (when set), guest device, bus type and bus target (`virtio:0:0:0`). */
-  disks: { serial?: string; dev?: string; busType: string; target: string }[];
+  /** Used bytes, when the agent reports them. */
+  usedBytes?: number;
+  /** Size in bytes, when the agent reports it. */
+  totalBytes?: number;
+  /**
+   * Backing disks: serial (when set), guest device, bus type, bus target (`virtio:0:0:0`) and the controller's
+   * PCI address (`0000:00:05.0`; select it as `pci:0000:00:05.0`). Every virtio-blk disk has bus target
+   * `virtio:0:0:0`: tell them apart by serial, device or PCI address.
+   */
+  disks: { serial?: string; dev?: string; busType: string; target: string; pci?: string }[];
 }

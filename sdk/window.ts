@@ -9,39 +9,34 @@
 import * as pulumi from "@pulumi/pulumi";
 import type { Connection, FilesystemSummary, TimeoutsArgs } from "./types";
 
-type Impl = typeof import("../provider/dynamic/window");
+type Impl = typeof import("../provider/dynamic/index");
+type ResourceKind = import("../provider/dynamic/index").ResourceKind;
 
-const windowProvider: pulumi.dynamic.ResourceProvider = {
-  check: (olds, news) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).checkWindow(olds, news),
-  diff: (id, olds, news) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).diffWindow(id, olds, news),
-  create: (inputs) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).createWindowResource(inputs),
-  read: (id, props) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).readWindow(id, props),
-  update: (id, olds, news) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).updateWindow(id, olds, news),
-  delete: (id, props) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).deleteWindow(id, props),
-};
+/**
+ * A provider object that forwards every method to the package's provider logic (provider/dynamic), so that the
+ * serialized text is this function's few lines plus `kind`. Every method is forwarded, present or not there:
+ * a missing update would lose outputs, and a missing diff would update on every change of this code.
+ */
+function forwardTo(kind: ResourceKind): pulumi.dynamic.ResourceProvider {
+  const impl = (): pulumi.dynamic.ResourceProvider => (require("pulumi-quiesce/provider/dynamic/index") as Impl).providers[kind];
+  return {
+    check: (olds, news) => (impl().check as NonNullable<pulumi.dynamic.ResourceProvider["check"]>)(olds, news),
+    diff: (id, olds, news) => (impl().diff as NonNullable<pulumi.dynamic.ResourceProvider["diff"]>)(id, olds, news),
+    create: (inputs) => impl().create(inputs),
+    read: async (id, props) => {
+      const read = impl().read;
+      return read ? read(id, props) : { id, props };
+    },
+    update: (id, olds, news) => (impl().update as NonNullable<pulumi.dynamic.ResourceProvider["update"]>)(id, olds, news),
+    delete: async (id, props) => {
+      await impl().delete?.(id, props);
+    },
+  };
+}
 
-const releaseProvider: pulumi.dynamic.ResourceProvider = {
-  check: (olds, news) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).checkRelease(olds, news),
-  diff: async (_id, olds, news) => {
-    const changed = ["windowId", "socketPath", "allowExpired"].filter((k) => JSON.stringify(olds[k]) !== JSON.stringify(news[k]));
-    return { changes: changed.length > 0, replaces: changed, deleteBeforeReplace: true };
-  },
-  create: (inputs) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).createRelease(inputs),
-  // A release has nothing to undo.
-  delete: async () => undefined,
-};
-
-const hostSnapshotProvider: pulumi.dynamic.ResourceProvider = {
-  check: (olds, news) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).checkHostSnapshot(olds, news),
-  diff: async (_id, olds, news) => {
-    const changed = ["windowId", "create", "environment", "socketPath"].filter((k) => JSON.stringify(olds[k]) !== JSON.stringify(news[k]));
-    const updated = JSON.stringify(olds.delete) !== JSON.stringify(news.delete) || JSON.stringify(olds.connection) !== JSON.stringify(news.connection);
-    return { changes: changed.length > 0 || updated, replaces: changed, deleteBeforeReplace: true };
-  },
-  create: (inputs) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).createHostSnapshot(inputs),
-  update: async (_id, olds, news) => ({ outs: { ...olds, ...news } }),
-  delete: (id, props) => (require("pulumi-quiesce/provider/dynamic/window") as Impl).deleteHostSnapshot(id, props),
-};
+const windowProvider = forwardTo("window");
+const releaseProvider = forwardTo("release");
+const hostSnapshotProvider = forwardTo("hostSnapshot");
 
 /**
  * The provider objects, for tests that drive Pulumi's dynamic-provider host directly.
@@ -124,7 +119,10 @@ export class QuiesceWindow extends pulumi.dynamic.Resource {
       name,
       {
         ...args,
+        // The lease names its owner; the engine need not tell the provider host which stack it serves.
         resourceName: name,
+        project: pulumi.getProject(),
+        stack: pulumi.getStack(),
         windowId: undefined,
         frozenMountpoints: undefined,
         frozenCount: undefined,

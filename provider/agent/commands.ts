@@ -35,6 +35,11 @@ export interface GuestDisk {
   readonly dev?: string;
   /** Disk serial, when the disk has one (QEMU: `-drive ...,serial=XYZ`). */
   readonly serial?: string;
+  /**
+   * The PCI address of the disk's controller (`pci-controller`). The only field that tells two virtio-blk disks
+   * apart when neither has a serial: each is its own PCI device, and each reports bus target `virtio:0:0:0`.
+   */
+  readonly pciController?: { readonly domain: number; readonly bus: number; readonly slot: number; readonly function: number };
 }
 
 /** A guest filesystem, from `guest-get-fsinfo`. */
@@ -101,10 +106,20 @@ export async function getFsinfo(session: AgentSession, options?: ExecuteOptions)
           unit: typeof disk.unit === "number" ? disk.unit : 0,
           ...(typeof disk.dev === "string" ? { dev: disk.dev } : {}),
           ...(typeof disk.serial === "string" ? { serial: disk.serial } : {}),
+          ...pciController(disk["pci-controller"]),
         };
       }),
     };
   });
+}
+
+function pciController(value: unknown): Pick<GuestDisk, "pciController"> {
+  if (typeof value !== "object" || value === null) return {};
+  const v = value as Record<string, unknown>;
+  const fields = [v.domain, v.bus, v.slot, v.function];
+  // qemu-ga reports -1 for each field when the disk is not behind a PCI device it could read.
+  if (!fields.every((n) => typeof n === "number" && Number.isInteger(n) && n >= 0)) return {};
+  return { pciController: { domain: v.domain as number, bus: v.bus as number, slot: v.slot as number, function: v.function as number } };
 }
 
 /** `guest-fsfreeze-status`. */

@@ -4,7 +4,6 @@
  * provider/quiesce. Progress goes to stderr; `--json` prints exactly one JSON object on stdout.
  * Exit codes: 0 success, 1 operation failure, 2 usage error.
  */
-import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import { Command, CommanderError } from "commander";
@@ -19,9 +18,12 @@ import {
   type AgentTarget,
   type ReleaseResult,
 } from "../quiesce/lifecycle";
-import { describeFilesystems } from "../quiesce/plan";
-import { dropAllHolds } from "../quiesce/watchdog";
-import { defaultSshPool, shellQuote, type SshConnectionConfig } from "../transport/ssh";
+import type { GuestFilesystem } from "../agent/commands";
+import { diskBusTarget, diskPciAddress } from "../quiesce/plan";
+import { dropAllHolds, WATCHDOG_PROTOCOL_VERSION } from "../quiesce/watchdog";
+import { runHostCommand as runOnHost } from "../transport/hostCommand";
+import { defaultSshPool, shellQuote, type ExecResult, type SshConnectionConfig } from "../transport/ssh";
+import { packageVersion } from "../version";
 
 /** Exit code of a usage error (bad or missing options). */
 export const EXIT_USAGE = 2;
@@ -157,26 +159,55 @@ async function execute(o: TargetOptions, body: () => Promise<{ result: Result; h
   }
 }
 
-/** Runs a host command: over SSH with every argument quoted, or locally without a shell. */
-async function runHostCommand(target: AgentTarget, argv: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  if (target.connection) {
-    return defaultSshPool.exec(target.connection, argv.map(shellQuote).join(" "), { timeoutMs: 24 * 3600 * 1000 });
+/**
+ * Runs a host command: every argument quoted on its own, so no shell interprets it, over SSH or on this machine.
+ * It dies with its channel: killing `quiesce run` kills it too (the guest is being thawed by then).
+ */
+function runHostCommand(target: AgentTarget, argv: readonly string[]): Promise<ExecResult> {
+  return runOnHost(target.connection, { script: argv.map(shellQuote).join(" "), timeoutMs: 24 * 3600 * 1000, purpose: "host command" });
+}
+
+/** A size in bytes, in binary units: `50.2 MiB`. */
+function formatBytes(n: number | undefined): string {
+  if (n === undefined) return "-";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+  let value = n;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
   }
-  return new Promise((resolve, reject) => {
-    const child = spawn(argv[0], argv.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout = (stdout + d.toString()).slice(-65536)));
-    child.stderr.on("data", (d: Buffer) => (stderr = (stderr + d.toString()).slice(-65536)));
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code, stdout, stderr }));
-  });
+  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
+}
+
+/**
+ * The filesystems as a table, one line per filesystem (as `virsh domfsinfo` prints them): mount point, type,
+ * used/total, and each backing disk's serial, device, bus target and controller PCI address.
+ */
+export function filesystemTable(filesystems: readonly GuestFilesystem[]): string {
+  if (filesystems.length === 0) return "(the guest agent reports no filesystems)";
+  const rows = filesystems.map((f) => [
+    f.mountpoint,
+    f.type,
+    `${formatBytes(f.usedBytes)} / ${formatBytes(f.totalBytes)}`,
+    f.disks
+      .map((d) => {
+        const pci = diskPciAddress(d);
+        return [d.serial ? `serial=${d.serial}` : "", d.dev ?? "", diskBusTarget(d), pci ? `pci:${pci}` : ""].filter(Boolean).join(" ");
+      })
+      .join("; ") || "-",
+  ]);
+  const header = ["MOUNTPOINT", "TYPE", "USED / TOTAL", "DISKS (serial, device, bus target, PCI address)"];
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (cells: string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]))).join("  ");
+  return [line(header), ...rows.map(line)].join("\n");
 }
 
 /** Builds the program (exported for tests). */
 export function buildProgram(): Command {
   const program = new Command("quiesce")
     .description("Freeze and thaw VM guest filesystems through the QEMU guest agent, for consistent snapshots.")
+    .version(`${packageVersion()} (host daemon protocol ${WATCHDOG_PROTOCOL_VERSION})`, "-V, --version", "print the version and the host daemon protocol version")
     .showHelpAfterError()
     .exitOverride();
 
@@ -187,7 +218,7 @@ export function buildProgram(): Command {
         const target = targetFrom(o);
         progress(`reading filesystems of ${targetLabel(target)}`);
         const filesystems = await listFilesystems(target, { timeouts: timeouts(o) });
-        return { result: { filesystems }, human: describeFilesystems(filesystems).split(", ").join("\n") };
+        return { result: { filesystems }, human: filesystemTable(filesystems) };
       }),
     );
 
@@ -205,7 +236,7 @@ export function buildProgram(): Command {
 
   withTargetOptions(program.command("freeze").description("freeze; the window is held until `quiesce thaw` or the TTL"))
     .option("--mountpoint <path>", "guest mount point to freeze (repeatable); none: every filesystem", collect, [])
-    .option("--disk <id>", "freeze the filesystems on a disk: serial, /dev/vdX or bus target (repeatable)", collect, [])
+    .option("--disk <id>", "freeze the filesystems on one disk: serial, /dev/vdX, bus target or pci:DDDD:BB:SS.F (repeatable)", collect, [])
     .option("--ttl <seconds>", "lease: the guest is thawed after this many seconds whatever happens", "300")
     .addHelpText("after", "\nExample:\n  quiesce freeze --host hv1 --socket /var/lib/vms/db/qga.sock --mountpoint /data --ttl 60")
     .action(async (o: TargetOptions & { mountpoint: string[]; disk: string[]; ttl: string }) =>
@@ -268,7 +299,7 @@ export function buildProgram(): Command {
 
   withTargetOptions(program.command("run").description("freeze, run a command on the host, release; killing `run` thaws at once"))
     .option("--mountpoint <path>", "guest mount point to freeze (repeatable); none: every filesystem", collect, [])
-    .option("--disk <id>", "freeze the filesystems on a disk (repeatable)", collect, [])
+    .option("--disk <id>", "freeze the filesystems on one disk: serial, /dev/vdX, bus target or pci:DDDD:BB:SS.F (repeatable)", collect, [])
     .option("--ttl <seconds>", "lease: the guest is thawed after this many seconds whatever happens", "300")
     .argument("<host-command...>", "the command to run on the host while frozen (after --)")
     .addHelpText("after", "\nExample:\n  quiesce run --host hv1 --socket /var/lib/vms/db/qga.sock --mountpoint /data -- lvcreate -s -n db-snap -L 5G vg0/db")

@@ -10,7 +10,10 @@ import type { GuestDisk, GuestFilesystem } from "../agent/commands";
 export interface Selection {
   /** Guest mount points, e.g. `/data`. */
   readonly mountpoints?: readonly string[];
-  /** Backing disks: a serial (`qdata1`), a guest device (`/dev/vdb`) or a bus target (`virtio:0:0:1` = bus-type:bus:target:unit). */
+  /**
+   * Backing disks: a serial (`qdata1`), a guest device (`/dev/vdb`), a bus target (`virtio:0:0:1` =
+   * bus-type:bus:target:unit) or the controller's PCI address (`pci:0000:00:05.0`). Each must match exactly one disk.
+   */
   readonly disks?: readonly string[];
 }
 
@@ -47,8 +50,31 @@ export function diskBusTarget(disk: GuestDisk): string {
   return `${disk.busType}:${disk.bus}:${disk.target}:${disk.unit}`;
 }
 
+/** The PCI address of a disk's controller, `DDDD:BB:SS.F` in hex as lspci prints it, when the agent reports one. */
+export function diskPciAddress(disk: GuestDisk): string | undefined {
+  const p = disk.pciController;
+  if (!p) return undefined;
+  const hex = (n: number, width: number): string => n.toString(16).padStart(width, "0");
+  return `${hex(p.domain, 4)}:${hex(p.bus, 2)}:${hex(p.slot, 2)}.${hex(p.function, 1)}`;
+}
+
 function diskMatches(disk: GuestDisk, wanted: string): boolean {
-  return disk.serial === wanted || disk.dev === wanted || diskBusTarget(disk) === wanted;
+  const pci = diskPciAddress(disk);
+  return disk.serial === wanted || disk.dev === wanted || diskBusTarget(disk) === wanted || (pci !== undefined && `pci:${pci}` === wanted);
+}
+
+/**
+ * One disk's identity across the filesystems it backs (two partitions of one disk list it twice): its
+ * controller's PCI address and bus target, its device node, its serial.
+ */
+function diskIdentity(disk: GuestDisk): string {
+  return [diskPciAddress(disk) ?? "", diskBusTarget(disk), disk.dev ?? "", disk.serial ?? ""].join("|");
+}
+
+/** A disk in words: `serial=qdata1 dev=/dev/vda virtio:0:0:0 pci:0000:00:05.0`. */
+function describeDisk(d: GuestDisk): string {
+  const pci = diskPciAddress(d);
+  return [d.serial && `serial=${d.serial}`, d.dev && `dev=${d.dev}`, diskBusTarget(d), pci && `pci:${pci}`].filter(Boolean).join(" ");
 }
 
 /** One line per filesystem, for error messages: `/data (ext4, disk serial=qdata1 dev=/dev/vda virtio:0:0:0)`. */
@@ -56,7 +82,7 @@ export function describeFilesystems(filesystems: readonly GuestFilesystem[]): st
   if (filesystems.length === 0) return "(the guest agent reports no filesystems)";
   return filesystems
     .map((f) => {
-      const disks = f.disks.map((d) => [d.serial && `serial=${d.serial}`, d.dev && `dev=${d.dev}`, diskBusTarget(d)].filter(Boolean).join(" "));
+      const disks = f.disks.map(describeDisk);
       return `${f.mountpoint} (${f.type}${disks.length ? `, disk ${disks.join("; ")}` : ""})`;
     })
     .join(", ");
@@ -64,7 +90,7 @@ export function describeFilesystems(filesystems: readonly GuestFilesystem[]): st
 
 /**
  * Resolves `selection` against `filesystems` (from guest-get-fsinfo).
- * @throws QuiesceError UNKNOWN_MOUNTPOINT or UNKNOWN_DISK, listing what the guest has.
+ * @throws QuiesceError UNKNOWN_MOUNTPOINT, UNKNOWN_DISK or AMBIGUOUS_DISK, listing what the guest has; NOT_FREEZABLE.
  */
 export function planFreeze(selection: Selection, filesystems: readonly GuestFilesystem[], target: string): FreezePlan {
   const mountpoints = selection.mountpoints ?? [];
@@ -94,13 +120,32 @@ export function planFreeze(selection: Selection, filesystems: readonly GuestFile
   for (const d of disks) {
     const matches = filesystems.filter((f) => f.disks.some((disk) => diskMatches(disk, d)));
     if (matches.length === 0) missingDisks.push(d);
+    // A selector names one disk. Every virtio-blk disk reports bus target virtio:0:0:0, so that alone would
+    // freeze them all (issue 14, item 9): refuse, and say what tells them apart.
+    const matchedDisks = new Map<string, { disk: GuestDisk; mountpoints: string[] }>();
+    for (const f of matches) {
+      for (const disk of f.disks.filter((x) => diskMatches(x, d))) {
+        const entry = matchedDisks.get(diskIdentity(disk)) ?? { disk, mountpoints: [] };
+        entry.mountpoints.push(f.mountpoint);
+        matchedDisks.set(diskIdentity(disk), entry);
+      }
+    }
+    if (matchedDisks.size > 1) {
+      const each = [...matchedDisks.values()].map((m) => `${describeDisk(m.disk)} (${m.mountpoints.join(", ")})`);
+      throw new QuiesceError(
+        "AMBIGUOUS_DISK",
+        `${target}: disk selector ${JSON.stringify(d)} matches ${matchedDisks.size} disks: ${each.join("; ")}. Nothing was ` +
+          "frozen. Name one disk: by serial, guest device (/dev/vdb) or controller PCI address (pci:0000:00:05.0).",
+        { target, selector: d, matches: each },
+      );
+    }
     for (const f of matches) chosen.set(f.mountpoint, f);
   }
   if (missingDisks.length > 0) {
     throw new QuiesceError(
       "UNKNOWN_DISK",
       `${target}: no guest filesystem is backed by disk ${missingDisks.join(", ")}. Nothing was frozen. ` +
-        `Disks are matched by serial, guest device (/dev/vdb) or bus target (bus-type:bus:target:unit). ` +
+        `Disks are matched by serial, guest device (/dev/vdb), bus target (bus-type:bus:target:unit) or PCI address (pci:DDDD:BB:SS.F). ` +
         `The guest has: ${describeFilesystems(filesystems)}.`,
       { target, missing: missingDisks },
     );

@@ -112,12 +112,33 @@ export function validateWindowInputs(inputs: Record<string, unknown>): InputFail
       });
     }
   }
-  if (typeof inputs.leaseDir === "string" && !inputs.leaseDir.startsWith("/")) {
-    failures.push({ property: "leaseDir", reason: `leaseDir must be absolute; got ${JSON.stringify(inputs.leaseDir)}` });
-  }
   checkStringList(failures, "mountpoints", inputs.mountpoints, true);
   checkStringList(failures, "disks", inputs.disks, false);
   checkNumber(failures, "maxDurationSeconds", inputs.maxDurationSeconds, 1, 86_400, "seconds");
+  checkBoolean(failures, "thawOnDisconnect", inputs.thawOnDisconnect);
+  for (const key of ["resourceName", "project", "stack"]) checkString(failures, key, inputs[key]);
+  failures.push(...validateWindowReach(inputs));
+  return failures;
+}
+
+function checkBoolean(failures: InputFailure[], property: string, value: unknown): void {
+  if (present(value) && !unknown(value) && typeof value !== "boolean") failures.push({ property, reason: `${property} must be true or false` });
+}
+
+function checkString(failures: InputFailure[], property: string, value: unknown): void {
+  if (present(value) && !unknown(value) && typeof value !== "string") failures.push({ property, reason: `${property} must be a string` });
+}
+
+/**
+ * What every resource has to reach a window's guest: the lease directory, the agent timeouts and the
+ * connection (the socket path is checked by the window itself).
+ */
+function validateWindowReach(inputs: Record<string, unknown>): InputFailure[] {
+  const failures: InputFailure[] = [];
+  const leaseDir = inputs.leaseDir;
+  if (present(leaseDir) && !unknown(leaseDir) && (typeof leaseDir !== "string" || !leaseDir.startsWith("/"))) {
+    failures.push({ property: "leaseDir", reason: `leaseDir must be an absolute path on the host; got ${JSON.stringify(leaseDir)}` });
+  }
   const t = inputs.timeouts;
   if (present(t) && !unknown(t)) {
     if (typeof t !== "object" || Array.isArray(t)) failures.push({ property: "timeouts", reason: "timeouts must be an object" });
@@ -128,10 +149,52 @@ export function validateWindowInputs(inputs: Record<string, unknown>): InputFail
       }
     }
   }
-  const tod = inputs.thawOnDisconnect;
-  if (present(tod) && !unknown(tod) && typeof tod !== "boolean") {
-    failures.push({ property: "thawOnDisconnect", reason: "thawOnDisconnect must be true or false" });
-  }
   failures.push(...validateConnection(inputs.connection));
+  return failures;
+}
+
+/** The window reference of a resource that acts on a window (WindowRelease, HostSnapshot). */
+function validateWindowReference(inputs: Record<string, unknown>): InputFailure[] {
+  const failures: InputFailure[] = [];
+  const windowId = inputs.windowId;
+  if (!unknown(windowId) && (typeof windowId !== "string" || windowId === "")) {
+    failures.push({ property: "window", reason: "window is required: the QuiesceWindow this resource acts on" });
+  }
+  failures.push(...validateWindowReach(inputs));
+  return failures;
+}
+
+/** Validates WindowRelease inputs. Returns every failure, one per bad field; unknowns pass. */
+export function validateReleaseInputs(inputs: Record<string, unknown>): InputFailure[] {
+  const failures = validateWindowReference(inputs);
+  checkBoolean(failures, "allowExpired", inputs.allowExpired);
+  return failures;
+}
+
+/** Validates HostSnapshot inputs. Returns every failure, one per bad field; unknowns pass, whole maps included. */
+export function validateHostSnapshotInputs(inputs: Record<string, unknown>): InputFailure[] {
+  const failures = validateWindowReference(inputs);
+  const create = inputs.create;
+  if (!unknown(create) && (typeof create !== "string" || create.trim() === "")) {
+    failures.push({ property: "create", reason: "create is required: the shell command that takes the snapshot on the host" });
+  }
+  const del = inputs.delete;
+  if (present(del) && !unknown(del) && typeof del !== "string") {
+    failures.push({ property: "delete", reason: "delete must be a shell command (a string)" });
+  }
+  const environment = inputs.environment;
+  if (present(environment) && !unknown(environment)) {
+    if (typeof environment !== "object" || Array.isArray(environment)) {
+      failures.push({ property: "environment", reason: "environment must be a map of variable names to string values" });
+    } else {
+      for (const [name, value] of Object.entries(environment as Record<string, unknown>)) {
+        if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
+          failures.push({ property: `environment.${name}`, reason: `environment variable name ${JSON.stringify(name)} is not a shell identifier` });
+        } else if (!unknown(value) && typeof value !== "string") {
+          failures.push({ property: `environment.${name}`, reason: `environment.${name} must be a string; got ${JSON.stringify(value)}` });
+        }
+      }
+    }
+  }
   return failures;
 }

@@ -20,6 +20,12 @@ import { defaultSshPool, shellQuote, type SshPool } from "../transport/ssh";
 import type { AgentTarget } from "./lifecycle";
 import { DEFAULT_LEASE_DIR } from "./lease";
 
+/**
+ * The daemon protocol version this client speaks: what the daemon answers to PING (`PONG <version>`), in both
+ * ports (watchdog.py, watchdog.pl; a unit test keeps the three in step).
+ */
+export const WATCHDOG_PROTOCOL_VERSION = "2";
+
 /** Milliseconds to wait for the watchdog to answer a request. */
 const WATCHDOG_TIMEOUT_MS = 15_000;
 /**

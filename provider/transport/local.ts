@@ -10,7 +10,7 @@ export const DEFAULT_LOCAL_CONNECT_TIMEOUT_MS = 5_000;
 
 /**
  * Opens the UNIX socket `socketPath` on this machine, retrying while its accept queue is full (EAGAIN).
- * Errors: SOCKET_MISSING, SOCKET_NOT_A_SOCKET, SOCKET_UNREACHABLE.
+ * Errors: SOCKET_MISSING (ENOENT: proven absent), SOCKET_NO_ACCESS, SOCKET_NOT_A_SOCKET, SOCKET_UNREACHABLE.
  */
 export const openLocalChannel: AgentDialer = async (socketPath: string, options: OpenOptions = {}): Promise<AgentChannel> => {
   const deadline = Date.now() + (options.busyTimeoutMs ?? DEFAULT_BUSY_TIMEOUT_MS);
@@ -72,6 +72,14 @@ function localSocketError(target: string, socketPath: string, err: NodeJS.ErrnoE
         "SOCKET_MISSING",
         `${target}: no agent socket at ${socketPath}. Check the path of the guest's ` +
           "org.qemu.guest_agent.0 chardev (-chardev socket,path=...) and that the VM is running.",
+        fields,
+        { cause: err },
+      );
+    case "EACCES":
+      return new QuiesceError(
+        "SOCKET_NO_ACCESS",
+        `${target}: permission denied reaching ${socketPath}: this user cannot search a directory on the way, or may ` +
+          "not write to the socket. Run as a user that can reach it (root, or the VM's owner).",
         fields,
         { cause: err },
       );

@@ -75,8 +75,13 @@ export interface ExecResult {
 export interface ExecOptions extends OpenOptions {
   /** Milliseconds before the command is abandoned (its channel closed). Default 30000. */
   readonly timeoutMs?: number;
-  /** Bytes written to the command's standard input, which is then closed. */
+  /** Bytes written to the command's standard input, which is then closed (unless {@link keepStdinOpen}). */
   readonly stdin?: string | Buffer;
+  /**
+   * Keep stdin open after writing `stdin`, until the command exits or the channel closes: the remote side can
+   * then treat end-of-input as "the client is gone" (see hostCommand.ts). Default false.
+   */
+  readonly keepStdinOpen?: boolean;
   /** Keep at most this many bytes of each output stream. Default 65536. */
   readonly maxOutputBytes?: number;
   /** What the command is for, in a few words ("starting the watchdog"); names it in errors. Default "command". */
@@ -91,6 +96,25 @@ export const DEFAULT_DIAL_ERROR_LIMIT = 10;
 /** Quotes `value` as one POSIX sh word. User data never reaches a shell any other way. */
 export function shellQuote(value: string): string {
   return `'${value.replace(/'/g, `'\\''`)}'`;
+}
+
+/**
+ * The probe that tells why a streamlocal open failed, printing one word:
+ * - `socket`, `not-socket`: what is at the path;
+ * - `missing`: proven absent: the deepest existing ancestor of the path is a directory this user can search,
+ *   so the next component does not exist (ENOENT, not EACCES);
+ * - `no-access`: this user cannot tell: an ancestor is not searchable, or the path is a dangling or unreadable
+ *   symbolic link. `[ -e ]` alone says "no" in both cases, and "missing" is what lets a caller conclude that
+ *   the VM is gone (and remove its lease), so it must only mean absent.
+ */
+export function socketProbeCommand(socketPath: string): string {
+  const p = shellQuote(socketPath);
+  return (
+    `p=${p}; if [ -S "$p" ]; then echo socket; elif [ -e "$p" ]; then echo not-socket; ` +
+    `elif [ -L "$p" ]; then echo no-access; else d=$p; ` +
+    `while :; do d=\${d%/*}; [ -n "$d" ] || d=/; [ -e "$d" ] && break; [ "$d" = / ] && break; done; ` +
+    `if [ -d "$d" ] && [ -x "$d" ]; then echo missing; else echo no-access; fi; fi`
+  );
 }
 
 /** `user@host:port`, for messages. */
@@ -533,14 +557,16 @@ export class SshPool {
         });
         channel.on("exit", (exitCode: number | null) => {
           code = exitCode;
+          if (options.keepStdinOpen) channel.end();
         });
         channel.on("close", () => {
           clearTimeout(timer);
           options.signal?.removeEventListener("abort", onAbort);
           resolve({ code, stdout, stderr });
         });
-        if (options.stdin !== undefined) channel.end(options.stdin);
-        else channel.end();
+        if (options.stdin !== undefined && options.keepStdinOpen) channel.write(options.stdin);
+        else if (options.stdin !== undefined) channel.end(options.stdin);
+        else if (!options.keepStdinOpen) channel.end();
       });
     }));
   }
@@ -553,10 +579,9 @@ export class SshPool {
     cause: unknown,
   ): Promise<QuiesceError> {
     // ssh2 reports "(SSH) Channel open failure: open failed" for every cause; ask the host which it is.
-    const p = shellQuote(socketPath);
     let probe: ExecResult;
     try {
-      probe = await this.execOn(connection, `if [ -S ${p} ]; then echo socket; elif [ -e ${p} ]; then echo not-socket; else echo missing; fi`, {
+      probe = await this.execOn(connection, socketProbeCommand(socketPath), {
         timeoutMs: (config.perDialTimeout ?? DEFAULT_PER_DIAL_TIMEOUT_S) * 1000,
         purpose: "probing the agent socket",
       });
@@ -577,6 +602,16 @@ export class SshPool {
         "SOCKET_MISSING",
         `${target}: ${socketPath} does not exist on ${config.host}. Check the path of the guest's ` +
           "org.qemu.guest_agent.0 chardev socket, and that the VM is running.",
+        fields,
+        { cause },
+      );
+    }
+    if (answer === "no-access") {
+      return new QuiesceError(
+        "SOCKET_NO_ACCESS",
+        `${target}: ${config.user ?? "root"} on ${config.host} cannot see whether ${socketPath} exists: a directory on ` +
+          "the way is not searchable by that user (or the path is a symbolic link it cannot follow). Connect as a user " +
+          "that can reach the socket (root, or the VM's owner), or make its directory searchable.",
         fields,
         { cause },
       );

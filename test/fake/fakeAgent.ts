@@ -23,7 +23,15 @@ export interface FakeFilesystem {
   name: string;
   mountpoint: string;
   type: string;
-  disks: { "bus-type": string; bus: number; target: number; unit: number; dev?: string; serial?: string }[];
+  disks: {
+    "bus-type": string;
+    bus: number;
+    target: number;
+    unit: number;
+    dev?: string;
+    serial?: string;
+    "pci-controller"?: { domain: number; bus: number; slot: number; function: number };
+  }[];
 }
 
 /** Fault injection knobs; change them at any time. */
@@ -46,20 +54,23 @@ export interface FakeFaults {
   reportCount?: number;
 }
 
-/** The default layout, mirroring the lab guest (test/lab): /data with serial qdata1, /data2 with serial qdata2. */
+/**
+ * The default layout, mirroring the lab guest (test/lab): /data with serial qdata1 (PCI slot 2), /data2 with
+ * serial qdata2 (PCI slot 3), as the real qemu-ga 7.2 reports them there. Both have bus target virtio:0:0:0.
+ */
 export function defaultFilesystems(): FakeFilesystem[] {
   return [
     {
       name: "vda",
       mountpoint: "/data",
       type: "ext4",
-      disks: [{ "bus-type": "virtio", bus: 0, target: 0, unit: 0, dev: "/dev/vda", serial: "qdata1" }],
+      disks: [{ "bus-type": "virtio", bus: 0, target: 0, unit: 0, dev: "/dev/vda", serial: "qdata1", "pci-controller": { domain: 0, bus: 0, slot: 2, function: 0 } }],
     },
     {
       name: "vdb",
       mountpoint: "/data2",
       type: "ext4",
-      disks: [{ "bus-type": "virtio", bus: 0, target: 0, unit: 0, dev: "/dev/vdb", serial: "qdata2" }],
+      disks: [{ "bus-type": "virtio", bus: 0, target: 0, unit: 0, dev: "/dev/vdb", serial: "qdata2", "pci-controller": { domain: 0, bus: 0, slot: 3, function: 0 } }],
     },
   ];
 }

@@ -1,7 +1,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { createHostSnapshot, type HostSnapshotInputs } from "../../provider/dynamic/window";
+import { createHostSnapshot, type HostSnapshotInputs } from "../../provider/dynamic/hostSnapshot";
 import { createWindow, releaseWindow } from "../../provider/quiesce/lifecycle";
 import { isQuiesceError } from "../../provider/errors";
 import { FakeAgent } from "./fakeAgent";

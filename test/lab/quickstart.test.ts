@@ -80,8 +80,8 @@ test("the same copy without the window is not consistent (the check discriminate
     create: async (inputs) => {
       // Serialized providers must require the package by name at run time (AGENT-FACTS.md).
       // eslint-disable-next-line @typescript-eslint/no-require-imports
-      const impl = require("pulumi-quiesce/provider/dynamic/window") as typeof import("../../provider/dynamic/window");
-      const r = await impl.runOnHost(inputs, 'cp --sparse=always "$IMAGE" "$SNAPSHOT"', inputs.environment, 120_000);
+      const impl = require("pulumi-quiesce/provider/dynamic/hostSnapshot") as typeof import("../../provider/dynamic/hostSnapshot");
+      const r = await impl.runOnHost(inputs, 'cp --sparse=always "$IMAGE" "$SNAPSHOT"', inputs.environment, "unquiesced copy", { timeoutMs: 120_000 });
       if (r.code !== 0) throw new Error(`cp failed: ${r.stderr}`);
       return { id: inputs.environment.SNAPSHOT, outs: inputs };
     },

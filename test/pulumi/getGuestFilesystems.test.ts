@@ -13,8 +13,20 @@ afterAll(async () => agent.stop());
 test("the plain form lists filesystems with their disks", async () => {
   const fss = await getGuestFilesystems({ socketPath: agent.socketPath });
   expect(fss).toEqual([
-    { mountpoint: "/data", type: "ext4", disks: [{ serial: "qdata1", dev: "/dev/vda", busType: "virtio", target: "virtio:0:0:0" }] },
-    { mountpoint: "/data2", type: "ext4", disks: [{ serial: "qdata2", dev: "/dev/vdb", busType: "virtio", target: "virtio:0:0:0" }] },
+    {
+      mountpoint: "/data",
+      type: "ext4",
+      usedBytes: 1_000_000,
+      totalBytes: 60_000_000,
+      disks: [{ serial: "qdata1", dev: "/dev/vda", busType: "virtio", target: "virtio:0:0:0", pci: "0000:00:02.0" }],
+    },
+    {
+      mountpoint: "/data2",
+      type: "ext4",
+      usedBytes: 1_000_000,
+      totalBytes: 60_000_000,
+      disks: [{ serial: "qdata2", dev: "/dev/vdb", busType: "virtio", target: "virtio:0:0:0", pci: "0000:00:03.0" }],
+    },
   ]);
 });
 

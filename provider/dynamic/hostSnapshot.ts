@@ -1,0 +1,165 @@
+/**
+ * HostSnapshot's ResourceProvider logic: a command run on the hypervisor host while a window is held, failing
+ * unless the window was held throughout. Commands go through provider/transport/hostCommand: the environment
+ * never reaches a command line, and a command never outlives its channel.
+ */
+import { QuiesceError } from "../errors";
+import type { SshConnectionConfig } from "../transport/ssh";
+import { runHostCommand, type HostCommand } from "../transport/hostCommand";
+import type { ExecResult } from "../transport/ssh";
+import { leaseHeld, windowStatus, type Timeouts } from "../quiesce/lifecycle";
+import { validateHostSnapshotInputs, type InputFailure } from "../quiesce/validate";
+import { diffByRules, updateByRules, type DiffResult, type ResourceRules } from "./rules";
+import { target } from "./window";
+
+/** Provider id. */
+type Id = string;
+
+
+/** HostSnapshot inputs. */
+export interface HostSnapshotInputs {
+  readonly windowId: string;
+  readonly connection?: SshConnectionConfig;
+  readonly socketPath: string;
+  readonly leaseDir?: string;
+  /** Shell command run on the host while the window is held. */
+  readonly create: string;
+  /** Shell command run on the host when the resource is deleted (no window needed). */
+  readonly delete?: string;
+  /** Environment variables for the commands (values are quoted; names must be identifiers). */
+  readonly environment?: Record<string, string>;
+  readonly timeouts?: Timeouts;
+}
+
+/** HostSnapshot outputs. */
+export interface HostSnapshotOutputs extends HostSnapshotInputs {
+  readonly exitCode: number;
+  readonly stdout: string;
+  readonly stderr: string;
+  /** Milliseconds the create command ran. */
+  readonly commandMs: number;
+}
+
+/** Bytes of stdout/stderr kept in outputs. */
+export const HOST_OUTPUT_LIMIT = 16_384;
+
+/**
+ * HostSnapshot's keys under the one rule: another window, another create command or another environment is a
+ * new snapshot; the delete command, the connection and the timeouts update (a removed delete command is gone).
+ */
+export const HOST_SNAPSHOT_RULES: ResourceRules = {
+  replaces: ["windowId", "create", "environment"],
+  defaults: {},
+  outputs: ["exitCode", "stdout", "stderr", "commandMs"],
+};
+
+/** check for HostSnapshot. */
+export async function checkHostSnapshot(_olds: unknown, news: HostSnapshotInputs): Promise<{ inputs: HostSnapshotInputs; failures: InputFailure[] }> {
+  return { inputs: news, failures: validateHostSnapshotInputs(news as unknown as Record<string, unknown>) };
+}
+
+/** diff for HostSnapshot. */
+export async function diffHostSnapshot(_id: Id, olds: HostSnapshotOutputs, news: HostSnapshotInputs): Promise<DiffResult> {
+  return diffByRules(HOST_SNAPSHOT_RULES, olds as unknown as Record<string, unknown>, news as unknown as Record<string, unknown>);
+}
+
+/** update for HostSnapshot: nothing runs; the state takes the new inputs and keeps the snapshot's outputs. */
+export async function updateHostSnapshot(_id: Id, olds: HostSnapshotOutputs, news: HostSnapshotInputs): Promise<{ outs: HostSnapshotOutputs }> {
+  return { outs: updateByRules<HostSnapshotOutputs>(HOST_SNAPSHOT_RULES, olds as unknown as Record<string, unknown>, news as unknown as Record<string, unknown>) };
+}
+
+/** Runs one of the resource's commands on the window's host (over SSH, or locally). */
+export function runOnHost(
+  inputs: { connection?: SshConnectionConfig },
+  command: string,
+  environment: Record<string, string> | undefined,
+  purpose: string,
+  options: Pick<HostCommand, "timeoutMs" | "signal"> = {},
+): Promise<ExecResult> {
+  return runHostCommand(inputs.connection, { script: command, environment, maxOutputBytes: HOST_OUTPUT_LIMIT, purpose, ...options });
+}
+
+/**
+ * The last `lines` lines of a command's stderr for an error message. Errors are not secret (the engine prints
+ * and stores them), while the environment may be: its values are masked wherever the command echoed them.
+ */
+function stderrTail(stderr: string, environment: Record<string, string> | undefined, lines: number, separator: string): string {
+  let tail = stderr.trim().split("\n").slice(-lines).join(separator);
+  for (const value of Object.values(environment ?? {})) {
+    if (typeof value === "string" && value.length >= 4) tail = tail.split(value).join("[secret]");
+  }
+  return tail;
+}
+
+function notHeld(inputs: HostSnapshotInputs, when: string, state: string, consequence: string): QuiesceError {
+  return new QuiesceError(
+    "NOT_HELD",
+    `window ${inputs.windowId} is not held ${when} the snapshot command (state: ${state}); ${consequence} ` +
+      "Raise maxDurationSeconds or check who thawed the guest.",
+    { windowId: inputs.windowId, state },
+  );
+}
+
+/**
+ * create for HostSnapshot: window held → command → window still held.
+ *
+ * Before the command the lease is checked (no agent session: each one costs about 100 ms of frozen time);
+ * after it the agent itself must say frozen with the lease still this window's, which is what proves the
+ * snapshot consistent. If that fails, the snapshot just taken is not consistent: the delete command (if
+ * any) removes it, so it neither lands in state nor stays on the host unseen.
+ */
+export async function createHostSnapshot(inputs: HostSnapshotInputs): Promise<{ id: Id; outs: HostSnapshotOutputs }> {
+  const before = await leaseHeld(target(inputs), inputs.windowId);
+  if (before.state !== "held") {
+    throw notHeld(
+      inputs,
+      "before",
+      before.state,
+      "nothing was run. A snapshot needs a window frozen in the same deployment: if only the snapshot is being " +
+        "replaced or retried, replace its window too (put the snapshot's changing inputs in the window's `triggers`, " +
+        "or `pulumi up --replace` the window).",
+    );
+  }
+  const started = Date.now();
+  const r = await runOnHost(inputs, inputs.create, inputs.environment, "snapshot command");
+  const commandMs = Date.now() - started;
+  if (r.code !== 0) {
+    const tail = stderrTail(r.stderr, inputs.environment, 5, "\n");
+    throw new QuiesceError("HOST_COMMAND_FAILED", `snapshot command exited with ${r.code}:\n${tail}`, { exitCode: r.code, stderr: tail });
+  }
+  const after = await windowStatus(target(inputs), {
+    windowId: inputs.windowId,
+    timeouts: inputs.timeouts,
+    vanishedSocket: "vm-gone",
+  });
+  if (after.state !== "held") {
+    if (!inputs.delete) {
+      throw notHeld(inputs, "after", after.state, "the snapshot it took is NOT CONSISTENT and was left on the host (no delete command): remove it.");
+    }
+    const d = await runOnHost(inputs, inputs.delete, inputs.environment, "snapshot delete command");
+    throw notHeld(
+      inputs,
+      "after",
+      after.state,
+      d.code === 0
+        ? "the snapshot it took was not consistent and the delete command removed it."
+        : `the snapshot it took is NOT CONSISTENT, and the delete command failed (exit ${d.code}: ` +
+            `${stderrTail(d.stderr, inputs.environment, 3, " | ")}): remove it by hand.`,
+    );
+  }
+  return {
+    id: `${inputs.windowId}-snap-${started}`,
+    outs: { ...inputs, exitCode: 0, stdout: r.stdout, stderr: r.stderr, commandMs },
+  };
+}
+
+/** delete for HostSnapshot: runs the delete command, if any. */
+export async function deleteHostSnapshot(_id: Id, props: HostSnapshotOutputs): Promise<void> {
+  if (!props.delete) return;
+  const r = await runOnHost(props, props.delete, props.environment, "snapshot delete command");
+  if (r.code !== 0) {
+    throw new QuiesceError("HOST_COMMAND_FAILED", `snapshot delete command exited with ${r.code}: ${stderrTail(r.stderr, props.environment, 5, " | ")}`, {
+      exitCode: r.code,
+    });
+  }
+}

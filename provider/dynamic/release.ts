@@ -1,0 +1,86 @@
+/**
+ * WindowRelease's ResourceProvider logic: create thaws the window under the ownership rule and fails loudly if
+ * the window was no longer held; there is nothing to undo on delete.
+ */
+import { QuiesceError } from "../errors";
+import type { SshConnectionConfig } from "../transport/ssh";
+import { releaseWindow, type Timeouts } from "../quiesce/lifecycle";
+import { validateReleaseInputs, type InputFailure } from "../quiesce/validate";
+import { diffByRules, updateByRules, type DiffResult, type ResourceRules } from "./rules";
+import { describeOutcome, target } from "./window";
+
+/** Provider id. */
+type Id = string;
+
+/** WindowRelease inputs. */
+export interface ReleaseInputs {
+  readonly windowId: string;
+  readonly connection?: SshConnectionConfig;
+  readonly socketPath: string;
+  readonly leaseDir?: string;
+  readonly timeouts?: Timeouts;
+  /** Succeed even when the window was no longer held when release ran. Default false. */
+  readonly allowExpired?: boolean;
+}
+
+/** WindowRelease outputs. */
+export interface ReleaseOutputs extends ReleaseInputs {
+  readonly heldMs: number;
+  readonly releasedAt: string;
+  readonly outcome: string;
+}
+
+/**
+ * WindowRelease's keys under the one rule: only another window replaces it (a new release to run). Everything
+ * else updates, `allowExpired` included: it governs the next release, and replacing would re-run a release
+ * against a window released long ago, which then fails.
+ */
+export const RELEASE_RULES: ResourceRules = {
+  replaces: ["windowId"],
+  defaults: { allowExpired: false },
+  outputs: ["heldMs", "releasedAt", "outcome"],
+};
+
+/** check for WindowRelease. */
+export async function checkRelease(_olds: unknown, news: ReleaseInputs): Promise<{ inputs: ReleaseInputs; failures: InputFailure[] }> {
+  return { inputs: news, failures: validateReleaseInputs(news as unknown as Record<string, unknown>) };
+}
+
+/** diff for WindowRelease. */
+export async function diffRelease(_id: Id, olds: ReleaseOutputs, news: ReleaseInputs): Promise<DiffResult> {
+  return diffByRules(RELEASE_RULES, olds as unknown as Record<string, unknown>, news as unknown as Record<string, unknown>);
+}
+
+/** update for WindowRelease: nothing to do on the host; the state takes the new inputs. */
+export async function updateRelease(_id: Id, olds: ReleaseOutputs, news: ReleaseInputs): Promise<{ outs: ReleaseOutputs }> {
+  return { outs: updateByRules<ReleaseOutputs>(RELEASE_RULES, olds as unknown as Record<string, unknown>, news as unknown as Record<string, unknown>) };
+}
+
+/** create for WindowRelease: thaws under the ownership rule; fails if the window was no longer held. */
+export async function createRelease(inputs: ReleaseInputs): Promise<{ id: Id; outs: ReleaseOutputs }> {
+  const r = await releaseWindow({
+    target: target(inputs),
+    windowId: inputs.windowId,
+    timeouts: inputs.timeouts,
+    vanishedSocket: "vm-gone",
+  });
+  if (r.outcome !== "released" && !inputs.allowExpired) {
+    throw new QuiesceError(
+      r.outcome === "expired" ? "LEASE_EXPIRED" : "NOT_HELD",
+      `window ${inputs.windowId} was no longer held when the release ran: ${describeOutcome(r.outcome, r.lease?.owner)}. ` +
+        "SNAPSHOTS THAT DEPEND ON THIS WINDOW MAY BE INCONSISTENT. Raise maxDurationSeconds, or set allowExpired " +
+        "if that is acceptable.",
+      { windowId: inputs.windowId, outcome: r.outcome },
+    );
+  }
+  const releasedAt = new Date().toISOString();
+  return {
+    id: `${inputs.windowId}-release`,
+    outs: { ...inputs, heldMs: r.heldMs ?? 0, releasedAt, outcome: r.outcome },
+  };
+}
+
+/** delete for WindowRelease: a release has nothing to undo. */
+export async function deleteRelease(): Promise<void> {
+  return undefined;
+}
