@@ -17,7 +17,6 @@ import {
   createWindow,
   releaseWindow,
   windowStatus,
-  leaseHeld,
   type AgentTarget,
   type Timeouts,
   type WindowState,

@@ -65,10 +65,12 @@ function diskMatches(disk: GuestDisk, wanted: string): boolean {
 
 /**
  * One disk's identity across the filesystems it backs (two partitions of one disk list it twice): its
- * controller's PCI address and bus target, its device node, its serial.
+ * controller's PCI address and bus target when the agent reports the address, else its bus target, device
+ * node and serial.
  */
 function diskIdentity(disk: GuestDisk): string {
-  return [diskPciAddress(disk) ?? "", diskBusTarget(disk), disk.dev ?? "", disk.serial ?? ""].join("|");
+  const pci = diskPciAddress(disk);
+  return pci ? `${pci}|${diskBusTarget(disk)}` : [diskBusTarget(disk), disk.dev ?? "", disk.serial ?? ""].join("|");
 }
 
 /** A disk in words: `serial=qdata1 dev=/dev/vda virtio:0:0:0 pci:0000:00:05.0`. */
@@ -131,7 +133,7 @@ export function planFreeze(selection: Selection, filesystems: readonly GuestFile
       }
     }
     if (matchedDisks.size > 1) {
-      const each = [...matchedDisks.values()].map((m) => `${describeDisk(m.disk)} (${m.mountpoints.join(", ")})`);
+      const each = [...matchedDisks.values()].map((m) => `${describeDisk(m.disk)} (${m.mountpoints.sort().join(", ")})`).sort((a, b) => a.localeCompare(b));
       throw new QuiesceError(
         "AMBIGUOUS_DISK",
         `${target}: disk selector ${JSON.stringify(d)} matches ${matchedDisks.size} disks: ${each.join("; ")}. Nothing was ` +

@@ -48,6 +48,41 @@ test("disks select by serial, device or bus target", async () => {
   expect(w2.frozenMountpoints).toEqual(["/data"]);
 });
 
+test("a disk selector that matches several disks is refused before anything is frozen, listing each match", async () => {
+  // Every virtio-blk disk reports bus target virtio:0:0:0 (qemu-ga tells them apart only by pci-controller).
+  const err = await failure(createWindow({ target, disks: ["virtio:0:0:0"] }));
+  expect(err.code).toBe("AMBIGUOUS_DISK");
+  expect(err.message).toContain("matches 2 disks");
+  expect(err.message).toContain("serial=qdata1 dev=/dev/vda virtio:0:0:0 pci:0000:00:02.0 (/data)");
+  expect(err.message).toContain("serial=qdata2 dev=/dev/vdb virtio:0:0:0 pci:0000:00:03.0 (/data2)");
+  expect(freezeCommands()).toEqual([]);
+  expect(agent.status).toBe("thawed");
+});
+
+test("a disk is selected by its controller's PCI address", async () => {
+  const w = await createWindow({ target, disks: ["pci:0000:00:03.0"] });
+  expect(w.frozenMountpoints).toEqual(["/data2"]);
+  expect([...agent.frozen]).toEqual(["/data2"]);
+});
+
+test("one disk with two filesystems (partitions) is one disk: its selector freezes both", async () => {
+  const disk = { "bus-type": "virtio", bus: 0, target: 0, unit: 0, serial: "qsys", "pci-controller": { domain: 0, bus: 0, slot: 4, function: 0 } };
+  const partitioned = await FakeAgent.start({
+    filesystems: [
+      { name: "vda1", mountpoint: "/", type: "ext4", disks: [{ ...disk, dev: "/dev/vda1" }] },
+      { name: "vda2", mountpoint: "/var", type: "ext4", disks: [{ ...disk, dev: "/dev/vda2" }] },
+    ],
+  });
+  try {
+    const partitionedTarget = { ...target, socketPath: partitioned.socketPath };
+    const w = await createWindow({ target: partitionedTarget, disks: ["qsys"] });
+    expect(w.frozenMountpoints).toEqual(["/", "/var"]);
+    await releaseWindow({ target: partitionedTarget, windowId: w.windowId });
+  } finally {
+    await partitioned.stop();
+  }
+});
+
 test("an unknown mount point fails before anything is frozen and lists what the guest has", async () => {
   const err = await failure(createWindow({ target, mountpoints: ["/data", "/nope"] }));
   expect(err.code).toBe("UNKNOWN_MOUNTPOINT");

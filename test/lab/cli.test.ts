@@ -65,6 +65,33 @@ test("fsinfo --json lists the guest's filesystems", async () => {
   expect(mounts).toEqual(expect.arrayContaining(["/data", "/data2"]));
 });
 
+test("fsinfo prints a table: one line per filesystem, with each disk's serial, device, bus target and PCI address", async () => {
+  const r = await quiesce(["fsinfo", ...ssh()]);
+  expect(r.code).toBe(0);
+  const lines = r.stdout.trimEnd().split("\n");
+  expect(lines[0]).toMatch(/^MOUNTPOINT\s+TYPE\s+USED \/ TOTAL\s+DISKS/);
+  const data = lines.filter((l) => l.startsWith("/data "));
+  expect(data).toHaveLength(1);
+  expect(data[0]).toMatch(/^\/data\s+ext4\s+[\d.]+ \w?i?B \/ [\d.]+ MiB\s+serial=qdata1 \/dev\/vda virtio:0:0:0 pci:0000:00:02\.0$/);
+  expect(lines.filter((l) => l.startsWith("/data2 "))).toHaveLength(1);
+});
+
+test("--disk virtio:0:0:0 matches both virtio disks and is refused; pci:ADDRESS selects one", async () => {
+  const ambiguous = await quiesce(["run", ...ssh(), "--disk", "virtio:0:0:0", "--json", "--", "true"]);
+  expect(ambiguous.code).toBe(1);
+  expect(ambiguous.json).toMatchObject({ ok: false, error: { code: "AMBIGUOUS_DISK" } });
+  expect((ambiguous.json.error as { message: string }).message).toMatch(/matches 2 disks.*pci:0000:00:02\.0 \(\/data\).*pci:0000:00:03\.0 \(\/data2\)/s);
+  const one = await quiesce(["run", ...ssh(), "--disk", "pci:0000:00:03.0", "--json", "--", "true"]);
+  expect(one.code).toBe(0);
+  expect(one.json).toMatchObject({ ok: true, frozenMountpoints: ["/data2"], outcome: "released" });
+});
+
+test("--version prints the package version and the host daemon protocol", async () => {
+  const r = await quiesce(["--version"]);
+  expect(r.code).toBe(0);
+  expect(r.stdout.trim()).toMatch(/^\d+\.\d+\.\d+ \(host daemon protocol \d+\)$/);
+});
+
 test("freeze, status, thaw: the CLI's own window, with --json shapes", async () => {
   const frozen = await quiesce(["freeze", ...ssh(), "--mountpoint", "/data", "--ttl", "60", "--json"]);
   expect(frozen.code).toBe(0);

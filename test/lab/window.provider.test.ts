@@ -44,7 +44,7 @@ function inputs(extra: Record<string, unknown> = {}): Record<string, unknown> {
 const agentStatus = (): Promise<string> => agentStatusAt(lab().guest.socketPath);
 
 test("__provider is small, holds no secret, and only requires the package by name", () => {
-  expect(windowText).toContain('require("pulumi-quiesce/provider/dynamic/window")');
+  expect(windowText).toContain('require("pulumi-quiesce/provider/dynamic/index")');
   expect(windowText).not.toContain(lab().sshd.privateKey.slice(40, 80));
   expect(windowText.length).toBeLessThan(20_000);
 });

@@ -1,0 +1,143 @@
+/**
+ * Host commands (HostSnapshot, `quiesce run`) against the real sshd and on this machine (issue 14, items 4
+ * and 5): the environment never reaches a command line on the host, and the command dies with its channel
+ * when the client is killed, times out, or destroys the channel. A command allowed to run on would take its
+ * snapshot after the guest was thawed, and nobody would record it.
+ */
+import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { isQuiesceError } from "../../provider/errors";
+import { runHostCommand } from "../../provider/transport/hostCommand";
+import { SshPool, type SshConnectionConfig } from "../../provider/transport/ssh";
+import { waitForFile } from "../fake/waitForFile";
+import { startSshd, type LabSshd } from "./sshd";
+
+const repoRoot = path.resolve(__dirname, "../..");
+let sshd: LabSshd;
+let pool: SshPool;
+let tmp: string;
+
+beforeAll(async () => {
+  sshd = await startSshd();
+  pool = new SshPool();
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), "hostcmd-"));
+}, 60_000);
+afterAll(async () => {
+  pool?.closeAll();
+  await sshd?.stop();
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+const ssh = (): SshConnectionConfig => ({ host: sshd.host, port: sshd.port, user: "root", privateKey: sshd.privateKey, knownHostsPath: sshd.knownHostsPath });
+const where = [
+  ["over SSH", () => ssh()],
+  ["on this machine", () => undefined],
+] as const;
+
+/** Every /proc/PID/cmdline on this machine that contains `needle` (the lab's sshd and its sessions run here). */
+function commandLinesContaining(needle: string): string[] {
+  const found: string[] = [];
+  for (const entry of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    let cmdline: string;
+    try {
+      cmdline = fs.readFileSync(`/proc/${entry}/cmdline`, "utf8");
+    } catch (err) {
+      // The process exited between readdir and read.
+      if (["ENOENT", "ESRCH"].includes((err as NodeJS.ErrnoException).code ?? "")) continue;
+      throw err;
+    }
+    if (cmdline.includes(needle)) found.push(`${entry}: ${cmdline.replace(/\0/g, " ")}`);
+  }
+  return found;
+}
+
+function alive(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return false;
+    throw err;
+  }
+}
+
+/** Resolves when `pid` is gone; fails after `timeoutMs`. A bound on behaviour, not a timing assertion. */
+async function gone(pid: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (alive(pid)) {
+    if (Date.now() > deadline) throw new Error(`process ${pid} still runs ${timeoutMs} ms after its channel ended`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** A script that starts a long sleep, records its PID in `marker`, and waits for it. */
+function longRunning(marker: string): string {
+  return `sleep 300 & echo $! > ${marker}.tmp && mv ${marker}.tmp ${marker}; wait`;
+}
+
+describe.each(where)("%s", (_label, connection) => {
+  test("exit code, stdout and stderr pass through; the command's stdin is empty", async () => {
+    const r = await runHostCommand(connection(), { script: 'echo out; echo err >&2; [ -z "$(cat)" ] && exit 7' }, pool);
+    expect(r).toEqual({ code: 7, stdout: "out\n", stderr: "err\n" });
+  });
+
+  test("environment values are exact and never on a command line while the command runs", async () => {
+    const secret = `tok-${randomBytes(12).toString("hex")}`;
+    const value = `${secret} 'quoted' "double" $(not-run) \`not-run\`\nsecond line`;
+    const marker = path.join(tmp, `env-${randomBytes(4).toString("hex")}`);
+    const running = runHostCommand(connection(), { script: `touch ${marker}; sleep 1; printf %s "$TOKEN"`, environment: { TOKEN: value } }, pool);
+    await waitForFile(marker, 30_000);
+    expect(commandLinesContaining(secret)).toEqual([]);
+    const r = await running;
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(value);
+  });
+
+  test("a timeout kills the command", async () => {
+    const marker = path.join(tmp, `timeout-${randomBytes(4).toString("hex")}`);
+    const err = await runHostCommand(connection(), { script: longRunning(marker), timeoutMs: 2_000 }, pool).catch((e: unknown) => e);
+    expect(isQuiesceError(err, "SSH_COMMAND_TIMEOUT")).toBe(true);
+    await gone(Number(fs.readFileSync(marker, "utf8")), 10_000);
+  });
+
+  test("an aborted call (the channel destroyed) kills the command", async () => {
+    const marker = path.join(tmp, `abort-${randomBytes(4).toString("hex")}`);
+    const abort = new AbortController();
+    const running = runHostCommand(connection(), { script: longRunning(marker), signal: abort.signal }, pool).catch((e: unknown) => e);
+    const pid = Number(await waitForFile(marker, 30_000));
+    expect(alive(pid)).toBe(true);
+    abort.abort(new Error("test"));
+    expect(isQuiesceError(await running, "ABORTED")).toBe(true);
+    await gone(pid, 10_000);
+  });
+
+  test("a SIGKILLed client takes its command with it", async () => {
+    const marker = path.join(tmp, `killed-${randomBytes(4).toString("hex")}`);
+    const script = `
+      const { runHostCommand } = require("./dist/provider/transport/hostCommand");
+      runHostCommand(JSON.parse(process.argv[1]) ?? undefined, { script: process.argv[2] }).then(
+        (r) => console.log(JSON.stringify(r)), (e) => { console.error(e); process.exit(1); });`;
+    const client = spawn(process.execPath, ["-e", script, JSON.stringify(connection() ?? null), longRunning(marker)], { cwd: repoRoot, stdio: "ignore" });
+    try {
+      const pid = Number(await waitForFile(marker, 30_000));
+      expect(alive(pid)).toBe(true);
+      client.kill("SIGKILL");
+      await gone(pid, 10_000);
+    } finally {
+      client.kill("SIGKILL");
+    }
+  });
+});
+
+test("a client gone before the whole script arrived runs nothing", async () => {
+  // The wrapper reads the script up to its terminator line; a script cut short is not run.
+  const marker = path.join(tmp, "partial");
+  const { hostCommandLine } = await import("../../provider/transport/hostCommand");
+  const r = await pool.exec(ssh(), hostCommandLine("QUIESCE-END-test"), { stdin: `touch ${marker}\n` });
+  expect(r.code).toBe(125);
+  expect(fs.existsSync(marker)).toBe(false);
+});

@@ -1,0 +1,43 @@
+/** `quiesce fsinfo`'s table and `quiesce --version` (issue 14, items 8 and 10). */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { filesystemTable } from "../../provider/cli/index";
+import { WATCHDOG_PROTOCOL_VERSION } from "../../provider/quiesce/watchdog";
+import { packageVersion } from "../../provider/version";
+import type { GuestFilesystem } from "../../provider/agent/commands";
+
+const disk = (dev: string, serial: string | undefined, slot: number) => ({
+  busType: "virtio",
+  bus: 0,
+  target: 0,
+  unit: 0,
+  dev,
+  ...(serial ? { serial } : {}),
+  pciController: { domain: 0, bus: 0, slot, function: 0 },
+});
+
+test("one line per filesystem: mount point, type, used/total, and each disk's serial, device, bus target and PCI address", () => {
+  const filesystems: GuestFilesystem[] = [
+    { name: "vda", mountpoint: "/data", type: "ext4", usedBytes: 14_336, totalBytes: 52_685_824, disks: [disk("/dev/vda", "qdata1", 2)] },
+    { name: "md0", mountpoint: "/srv/raid", type: "xfs", usedBytes: 3 * 1024 ** 3, totalBytes: 2 * 1024 ** 4, disks: [disk("/dev/vdb", undefined, 3), disk("/dev/vdc", "r2", 10)] },
+    { name: "vdd", mountpoint: "/boot/efi", type: "vfat", disks: [] },
+  ];
+  expect(filesystemTable(filesystems).split("\n")).toEqual([
+    "MOUNTPOINT  TYPE  USED / TOTAL         DISKS (serial, device, bus target, PCI address)",
+    "/data       ext4  14.0 KiB / 50.2 MiB  serial=qdata1 /dev/vda virtio:0:0:0 pci:0000:00:02.0",
+    "/srv/raid   xfs   3.0 GiB / 2.0 TiB    /dev/vdb virtio:0:0:0 pci:0000:00:03.0; serial=r2 /dev/vdc virtio:0:0:0 pci:0000:00:0a.0",
+    "/boot/efi   vfat  - / -                -",
+  ]);
+});
+
+test("--version names the package version and the host daemon protocol, which both daemon ports speak", () => {
+  const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, "../../package.json"), "utf8")) as { version: string };
+  expect(packageVersion()).toBe(pkg.version);
+  for (const [file, pattern] of [
+    ["watchdog.py", /^VERSION = "(\d+)"$/m],
+    ["watchdog.pl", /^my \$VERSION = "(\d+)";$/m],
+  ] as const) {
+    const source = fs.readFileSync(path.join(__dirname, "../../provider/quiesce", file), "utf8");
+    expect(pattern.exec(source)?.[1]).toBe(WATCHDOG_PROTOCOL_VERSION);
+  }
+});
