@@ -16,7 +16,8 @@
  *              SOCKET_NOT_A_SOCKET, STREAMLOCAL_REFUSED, SOCKET_UNREACHABLE
  * - lifecycle: INVALID_INPUT, UNKNOWN_MOUNTPOINT, UNKNOWN_DISK, AMBIGUOUS_DISK, ALREADY_FROZEN, FREEZE_MISMATCH,
  *              NOT_HELD, NOT_OWNER, LEASE_EXPIRED, WATCHDOG_UNAVAILABLE, LEASE_IO, HOST_COMMAND_FAILED,
- *              NOT_FREEZABLE
+ *              NOT_FREEZABLE, VSS_LEASE_TOO_LONG
+ * - agent, per guest OS: FREEZE_HOOK_FAILED (qemu-ga -F), VSS_WRITES_RESUMED, VSS_VOLUME_REFUSED (Windows)
  * - any:       ABORTED
  */
 export type QuiesceErrorCode =
@@ -58,6 +59,10 @@ export type QuiesceErrorCode =
   | "LEASE_IO"
   | "HOST_COMMAND_FAILED"
   | "NOT_FREEZABLE"
+  | "FREEZE_HOOK_FAILED"
+  | "VSS_WRITES_RESUMED"
+  | "VSS_VOLUME_REFUSED"
+  | "VSS_LEASE_TOO_LONG"
   | "ABORTED";
 
 /** Structured context of an error. Every field is optional; layers add what they know. */

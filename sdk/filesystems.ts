@@ -5,14 +5,17 @@ import type { Connection, FilesystemSummary } from "./types";
 export interface GetGuestFilesystemsArgs {
   /** SSH connection to the host; omitted: the socket is on this machine. */
   connection?: Connection;
-  /** Absolute path of the agent socket on the host. */
-  socketPath: string;
+  /** Absolute path of the agent socket on the host. Exactly one of this and `proxmox`. */
+  socketPath?: string;
+  /** A Proxmox VE guest by VMID (its socket is `/var/run/qemu-server/<vmid>.qga`). */
+  proxmox?: { vmid: number };
 }
 
 /** Arguments of {@link getGuestFilesystemsOutput}. */
 export interface GetGuestFilesystemsOutputArgs {
   connection?: pulumi.Input<Connection>;
-  socketPath: pulumi.Input<string>;
+  socketPath?: pulumi.Input<string>;
+  proxmox?: pulumi.Input<{ vmid: pulumi.Input<number> }>;
 }
 
 /**
@@ -28,8 +31,8 @@ export interface GetGuestFilesystemsOutputArgs {
 export async function getGuestFilesystems(args: GetGuestFilesystemsArgs): Promise<FilesystemSummary[]> {
   // Loaded lazily so that importing the SDK stays light.
   const { listFilesystems } = require("pulumi-quiesce/provider/quiesce/lifecycle") as typeof import("../provider/quiesce/lifecycle");
-  const { summarizeFilesystems } = require("pulumi-quiesce/provider/dynamic/window") as typeof import("../provider/dynamic/window");
-  const filesystems = await listFilesystems({ connection: args.connection as never, socketPath: args.socketPath });
+  const { summarizeFilesystems, socketPathOf } = require("pulumi-quiesce/provider/dynamic/window") as typeof import("../provider/dynamic/window");
+  const filesystems = await listFilesystems({ connection: args.connection as never, socketPath: socketPathOf(args) });
   return summarizeFilesystems(filesystems);
 }
 

@@ -48,13 +48,30 @@ export const providersForTesting = { windowProvider, releaseProvider, hostSnapsh
 export interface QuiesceWindowArgs {
   /** SSH connection to the hypervisor host. Omitted: the agent socket is on the machine running Pulumi. */
   connection?: pulumi.Input<Connection>;
-  /** Absolute path of the guest agent's chardev socket on the host. */
-  socketPath: pulumi.Input<string>;
+  /** Absolute path of the guest agent's chardev socket on the host. Exactly one of this and `proxmox`. */
+  socketPath?: pulumi.Input<string>;
+  /**
+   * A Proxmox VE guest, by VMID: its agent socket is `/var/run/qemu-server/<vmid>.qga`. Proxmox shares that
+   * socket with its own backups (see the README, "Proxmox VE"). Exactly one of this and `socketPath`.
+   */
+  proxmox?: pulumi.Input<{ vmid: pulumi.Input<number> }>;
+  /**
+   * What to do when the guest cannot be frozen: its agent does not answer, fsfreeze is blocked, a freeze hook
+   * fails, or the freeze fails or cannot be verified (and was thawed). `"fail"` (default) fails the deployment.
+   * `"crash-consistent"` makes a window with nothing frozen: `consistency` is `"crash"` with the reason, and
+   * HostSnapshot and WindowRelease proceed without failing, as vzdump, Nova and Veeam fall back. Wrong input
+   * (an unknown mount point, a lease too long for the guest), another window's freeze and an unreachable
+   * host still fail.
+   */
+  onQuiesceFailure?: pulumi.Input<"fail" | "crash-consistent">;
   /** Guest mount points to freeze, e.g. `["/data"]`. Omitted (and no `disks`): every filesystem. */
   mountpoints?: pulumi.Input<pulumi.Input<string>[]>;
   /** Select filesystems by backing disk: serial, guest device (`/dev/vdb`) or bus target (`virtio:0:0:1`). */
   disks?: pulumi.Input<pulumi.Input<string>[]>;
-  /** Lease length in seconds: the guest is thawed by then whatever happens. Default 300. */
+  /**
+   * Lease length in seconds: the guest is thawed by then whatever happens. Default 300; on a Windows guest
+   * 10, since VSS holds writes for at most 10 s (a longer lease asked of a Windows guest is refused).
+   */
   maxDurationSeconds?: pulumi.Input<number>;
   /**
    * Thaw as soon as the process that froze is gone: its hold channel to the watchdog closed (within about
@@ -107,7 +124,13 @@ export class QuiesceWindow extends pulumi.dynamic.Resource {
    * frozen-outside, not-held, or vm-gone (the agent socket no longer exists on the host).
    */
   declare public readonly state: pulumi.Output<string>;
-  /** Inputs echoed as outputs (the connection is secret). */
+  /** `filesystem` when the guest was frozen; `crash` when it could not be and `onQuiesceFailure` fell back. */
+  declare public readonly consistency: pulumi.Output<"filesystem" | "crash">;
+  /** Why the window is only crash-consistent (the failure's code and message); empty when it froze. */
+  declare public readonly consistencyReason: pulumi.Output<string>;
+  /** The guest agent's OS kind, from guest-get-osinfo: `linux`, `freebsd` or `windows`. */
+  declare public readonly guestOs: pulumi.Output<string>;
+  /** The agent socket on the host (resolved from `proxmox` when that named the guest). */
   declare public readonly socketPath: pulumi.Output<string>;
   declare public readonly connection: pulumi.Output<Connection | undefined>;
   declare public readonly leaseDir: pulumi.Output<string | undefined>;
@@ -119,6 +142,7 @@ export class QuiesceWindow extends pulumi.dynamic.Resource {
       name,
       {
         ...args,
+        socketPath: args.socketPath,
         // The lease names its owner; the engine need not tell the provider host which stack it serves.
         resourceName: name,
         project: pulumi.getProject(),
@@ -132,6 +156,9 @@ export class QuiesceWindow extends pulumi.dynamic.Resource {
         filesystems: undefined,
         held: undefined,
         state: undefined,
+        consistency: undefined,
+        consistencyReason: undefined,
+        guestOs: undefined,
       },
       { ...opts, additionalSecretOutputs: [...(opts?.additionalSecretOutputs ?? []), "connection"] },
       "quiesce",
@@ -157,7 +184,7 @@ export class WindowRelease extends pulumi.dynamic.Resource {
   declare public readonly heldMs: pulumi.Output<number>;
   /** When the release ran (ISO 8601 UTC). */
   declare public readonly releasedAt: pulumi.Output<string>;
-  /** `released`, or (with allowExpired) why nothing was thawed. */
+  /** `released`; `crash-consistent` for a window that froze nothing; or (with allowExpired) why nothing was thawed. */
   declare public readonly outcome: pulumi.Output<string>;
 
   constructor(name: string, args: WindowReleaseArgs, opts?: pulumi.CustomResourceOptions) {
@@ -167,6 +194,7 @@ export class WindowRelease extends pulumi.dynamic.Resource {
       name,
       {
         ...windowTarget(w),
+        consistency: w.consistency,
         allowExpired: args.allowExpired,
         heldMs: undefined,
         releasedAt: undefined,
@@ -208,6 +236,11 @@ export class HostSnapshot extends pulumi.dynamic.Resource {
   declare public readonly stderr: pulumi.Output<string>;
   /** Milliseconds the `create` command ran. */
   declare public readonly commandMs: pulumi.Output<number>;
+  /**
+   * `filesystem`: taken while the guest was frozen, and the window held throughout. `crash`: the window froze
+   * nothing (its `onQuiesceFailure` fell back), so the snapshot is only crash-consistent.
+   */
+  declare public readonly consistency: pulumi.Output<"filesystem" | "crash">;
 
   constructor(name: string, args: HostSnapshotArgs, opts?: pulumi.CustomResourceOptions) {
     const w = args.window;
@@ -216,6 +249,7 @@ export class HostSnapshot extends pulumi.dynamic.Resource {
       name,
       {
         ...windowTarget(w),
+        windowConsistency: w.consistency,
         create: args.create,
         delete: args.delete,
         environment: args.environment,
@@ -223,6 +257,7 @@ export class HostSnapshot extends pulumi.dynamic.Resource {
         stdout: undefined,
         stderr: undefined,
         commandMs: undefined,
+        consistency: undefined,
       },
       // The environment may carry secrets nested in its map, and the command may print them.
       afterWindow(opts, w, ["environment", "stdout", "stderr"]),

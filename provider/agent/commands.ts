@@ -80,6 +80,31 @@ export async function getInfo(session: AgentSession, options?: ExecuteOptions): 
   return { version: value.version, commands };
 }
 
+/** The guest's operating system, from `guest-get-osinfo` (every field the agent may leave out). */
+export interface GuestOsInfo {
+  /** os-release ID on POSIX guests (`debian`, `rhel`, `freebsd`); `mswindows` on Windows. */
+  readonly id?: string;
+  /** The kernel's release (`uname -r` on POSIX guests). */
+  readonly kernelRelease?: string;
+  /** A name for people, e.g. `Debian GNU/Linux 12 (bookworm)` or `Microsoft Windows Server 2022`. */
+  readonly prettyName?: string;
+}
+
+/**
+ * `guest-get-osinfo` (qemu-ga 2.10 and later; qga/qapi-schema.json GuestOSInfo). On POSIX guests `id` comes from
+ * os-release (the lab guest says `quiesce-lab`); on Windows it is always `mswindows`.
+ */
+export async function getOsinfo(session: AgentSession, options?: ExecuteOptions): Promise<GuestOsInfo> {
+  const command = "guest-get-osinfo";
+  const value = record(await session.execute(command, undefined, options), session, command);
+  const text = (key: string): string | undefined => (typeof value[key] === "string" ? (value[key] as string) : undefined);
+  return {
+    ...(text("id") !== undefined ? { id: text("id") } : {}),
+    ...(text("kernel-release") !== undefined ? { kernelRelease: text("kernel-release") } : {}),
+    ...(text("pretty-name") !== undefined ? { prettyName: text("pretty-name") } : {}),
+  };
+}
+
 /** `guest-get-fsinfo`: the guest's mounted filesystems and their disks. Refused while frozen. */
 export async function getFsinfo(session: AgentSession, options?: ExecuteOptions): Promise<GuestFilesystem[]> {
   const command = "guest-get-fsinfo";

@@ -63,7 +63,10 @@ export function isFrozenStateRefusal(body: AgentErrorBody): boolean {
   return /agent is in frozen state|the command is not allowed/i.test(body.desc);
 }
 
-/** Maps an agent error reply to a QuiesceError (AGENT_FROZEN or AGENT_COMMAND_FAILED). */
+/**
+ * Maps an agent error reply to a QuiesceError: AGENT_FROZEN, FREEZE_HOOK_FAILED, VSS_WRITES_RESUMED,
+ * VSS_VOLUME_REFUSED, or AGENT_COMMAND_FAILED.
+ */
 export function agentCommandError(command: string, body: AgentErrorBody, target: string): QuiesceError {
   const fields = { target, command, errorClass: body.class, desc: body.desc };
   if (/agent is in frozen state/i.test(body.desc)) {
@@ -82,6 +85,40 @@ export function agentCommandError(command: string, body: AgentErrorBody, target:
       `${target}: the guest agent refused ${command} (agent said: ${body.desc}). Either the guest filesystems are ` +
         "frozen (check with `quiesce status`; thaw them first, or find who froze them), or an administrator blocked " +
         `${command} in the guest (qemu-ga --block-rpcs / --allow-rpcs, or /etc/qemu/qemu-ga.conf).`,
+      fields,
+    );
+  }
+  const hook = /fsfreeze hook (?:has failed with status (\d+)|has terminated abnormally)|can't access fsfreeze hook '([^']*)'/.exec(body.desc);
+  if (hook) {
+    // qga/commands-posix.c, execute_fsfreeze_hook: the hook (qemu-ga -F) runs before the freeze, and its
+    // failure aborts it. The shipped dispatcher exits 0 even when a script in fsfreeze-hook.d fails; those
+    // scripts log to /var/log/qga-fsfreeze-hook.log (AGENT-FACTS.md, "Freeze hooks").
+    const where = hook[2] ? `'${hook[2]}'` : "(qemu-ga -F; by default /etc/qemu/fsfreeze-hook, /etc/qemu-ga/fsfreeze-hook on RHEL)";
+    const what = hook[1] ? `failed with status ${hook[1]}` : hook[2] ? "cannot be run" : "was killed by a signal";
+    return new QuiesceError(
+      "FREEZE_HOOK_FAILED",
+      `${target}: the guest's fsfreeze hook ${where} ${what}, so the agent aborted ${command} (agent said: ${body.desc}). ` +
+        "Nothing was frozen by it. Look at the hook's output in the guest: the shipped dispatcher runs the scripts in " +
+        "fsfreeze-hook.d and logs to /var/log/qga-fsfreeze-hook.log.",
+      { ...fields, hookStatus: hook[1] ? Number(hook[1]) : undefined, hookPath: hook[2] },
+    );
+  }
+  if (/couldn't hold writes/i.test(body.desc)) {
+    // qga/vss-win32/requester.cpp: VSS holds writes for at most 10 s; the thaw after that reports this, and
+    // qemu-ga clears its frozen flag anyway (AGENT-FACTS.md, "Windows (VSS)").
+    return new QuiesceError(
+      "VSS_WRITES_RESUMED",
+      `${target}: the Windows guest's writes had already resumed before ${command}: VSS holds writes for at most 10 s, ` +
+        `and released them while the agent still reported "frozen" (agent said: ${body.desc}). A snapshot taken after ` +
+        "that is NOT CONSISTENT. Keep Windows windows under 10 s.",
+      fields,
+    );
+  }
+  if (/failed to add .* to snapshot set/i.test(body.desc)) {
+    return new QuiesceError(
+      "VSS_VOLUME_REFUSED",
+      `${target}: VSS refused a volume (agent said: ${body.desc}), and a VSS freeze is all or none, so nothing was ` +
+        "frozen. Select only NTFS or ReFS volumes (mountpoints such as C:\\).",
       fields,
     );
   }

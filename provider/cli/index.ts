@@ -12,10 +12,12 @@ import {
   createWindow,
   forceThaw,
   listFilesystems,
+  proxmoxSocketPath,
   releaseWindow,
   targetLabel,
   windowStatus,
   type AgentTarget,
+  type OnQuiesceFailure,
   type ReleaseResult,
 } from "../quiesce/lifecycle";
 import type { GuestFilesystem } from "../agent/commands";
@@ -32,6 +34,7 @@ export const EXIT_FAILURE = 1;
 
 interface TargetOptions {
   socket?: string;
+  proxmoxVmid?: string;
   local?: boolean;
   host?: string;
   port?: string;
@@ -77,7 +80,13 @@ function parseJump(spec: string, base: SshConnectionConfig): SshConnectionConfig
 
 /** Builds the agent target from the TARGET options. */
 export function targetFrom(o: TargetOptions): AgentTarget {
-  if (!o.socket) throw new UsageError("--socket PATH is required: the absolute path of the guest agent socket on the host");
+  if (o.socket && o.proxmoxVmid) throw new UsageError("give either --socket or --proxmox-vmid, not both");
+  if (o.proxmoxVmid) {
+    const vmid = parseNumber(o.proxmoxVmid, "--proxmox-vmid", 100, 999_999_999) as number;
+    if (!Number.isInteger(vmid)) throw new UsageError(`--proxmox-vmid must be a whole number; got ${JSON.stringify(o.proxmoxVmid)}`);
+    o = { ...o, socket: proxmoxSocketPath(vmid) };
+  }
+  if (!o.socket) throw new UsageError("--socket PATH (the absolute path of the guest agent socket on the host) or --proxmox-vmid N is required");
   if (!o.socket.startsWith("/")) {
     throw new UsageError(`--socket must be an absolute path (e.g. /var/lib/vms/vm1/qga.sock); got ${JSON.stringify(o.socket)}`);
   }
@@ -115,6 +124,7 @@ function timeouts(o: TargetOptions): { agentSeconds?: number } {
 function withTargetOptions(cmd: Command): Command {
   return cmd
     .option("--socket <path>", "absolute path of the guest agent socket on the host")
+    .option("--proxmox-vmid <n>", "a Proxmox VE guest: its socket is /var/run/qemu-server/<n>.qga")
     .option("--local", "the socket is on this machine")
     .option("--host <host>", "hypervisor host to reach over SSH")
     .option("--port <n>", "SSH port (default 22)")
@@ -203,6 +213,21 @@ export function filesystemTable(filesystems: readonly GuestFilesystem[]): string
   return [line(header), ...rows.map(line)].join("\n");
 }
 
+interface WindowOptions extends TargetOptions {
+  mountpoint: string[];
+  disk: string[];
+  ttl?: string;
+  onFailure: string;
+}
+
+/** The selection, lease and fallback of `freeze` and `run`. No --ttl: the lease defaults (300 s; 10 s on Windows). */
+function windowRequest(o: WindowOptions): { mountpoints: string[]; disks: string[]; maxDurationSeconds?: number; onQuiesceFailure: OnQuiesceFailure } {
+  if (o.onFailure !== "fail" && o.onFailure !== "crash-consistent") {
+    throw new UsageError(`--on-failure must be fail or crash-consistent; got ${JSON.stringify(o.onFailure)}`);
+  }
+  return { mountpoints: o.mountpoint, disks: o.disk, maxDurationSeconds: parseNumber(o.ttl, "--ttl", 1, 86_400), onQuiesceFailure: o.onFailure };
+}
+
 /** Builds the program (exported for tests). */
 export function buildProgram(): Command {
   const program = new Command("quiesce")
@@ -237,16 +262,18 @@ export function buildProgram(): Command {
   withTargetOptions(program.command("freeze").description("freeze; the window is held until `quiesce thaw` or the TTL"))
     .option("--mountpoint <path>", "guest mount point to freeze (repeatable); none: every filesystem", collect, [])
     .option("--disk <id>", "freeze the filesystems on one disk: serial, /dev/vdX, bus target or pci:DDDD:BB:SS.F (repeatable)", collect, [])
-    .option("--ttl <seconds>", "lease: the guest is thawed after this many seconds whatever happens", "300")
+    .option("--ttl <seconds>", "lease: the guest is thawed after this many seconds whatever happens (default 300; 10 on Windows)")
+    .option("--on-failure <policy>", "fail, or crash-consistent: when the guest cannot be frozen, go on with nothing frozen", "fail")
     .addHelpText("after", "\nExample:\n  quiesce freeze --host hv1 --socket /var/lib/vms/db/qga.sock --mountpoint /data --ttl 60")
-    .action(async (o: TargetOptions & { mountpoint: string[]; disk: string[]; ttl: string }) =>
+    .action(async (o: WindowOptions) =>
       execute(o, async () => {
         const target = targetFrom(o);
-        const ttl = parseNumber(o.ttl, "--ttl", 1, 86_400) as number;
+        const window = windowRequest(o);
         progress(`freezing ${o.mountpoint.join(", ") || o.disk.join(", ") || "every filesystem"} on ${targetLabel(target)}`);
         // The CLI exits after freezing, so the window must not end with this process: deadline only.
-        const w = await createWindow({ target, mountpoints: o.mountpoint, disks: o.disk, maxDurationSeconds: ttl, thawOnDisconnect: false, owner: cliOwner(), timeouts: timeouts(o) });
-        progress(`frozen ${w.frozenMountpoints.join(", ")} in ${w.freezeMs} ms; thaw with: quiesce thaw ... --window ${w.windowId}`);
+        const w = await createWindow({ target, ...window, thawOnDisconnect: false, owner: cliOwner(), timeouts: timeouts(o) });
+        if (w.consistency === "crash") progress(`NOTHING FROZEN (--on-failure crash-consistent): ${w.consistencyReason}`);
+        else progress(`frozen ${w.frozenMountpoints.join(", ")} in ${w.freezeMs} ms; thaw with: quiesce thaw ... --window ${w.windowId}`);
         return { result: { ...w, filesystems: undefined }, human: w.windowId };
       }),
     );
@@ -300,16 +327,19 @@ export function buildProgram(): Command {
   withTargetOptions(program.command("run").description("freeze, run a command on the host, release; killing `run` thaws at once"))
     .option("--mountpoint <path>", "guest mount point to freeze (repeatable); none: every filesystem", collect, [])
     .option("--disk <id>", "freeze the filesystems on one disk: serial, /dev/vdX, bus target or pci:DDDD:BB:SS.F (repeatable)", collect, [])
-    .option("--ttl <seconds>", "lease: the guest is thawed after this many seconds whatever happens", "300")
+    .option("--ttl <seconds>", "lease: the guest is thawed after this many seconds whatever happens (default 300; 10 on Windows)")
+    .option("--on-failure <policy>", "fail, or crash-consistent: when the guest cannot be frozen, run the command anyway with nothing frozen", "fail")
     .argument("<host-command...>", "the command to run on the host while frozen (after --)")
     .addHelpText("after", "\nExample:\n  quiesce run --host hv1 --socket /var/lib/vms/db/qga.sock --mountpoint /data -- lvcreate -s -n db-snap -L 5G vg0/db")
-    .action(async (command: string[], o: TargetOptions & { mountpoint: string[]; disk: string[]; ttl: string }) =>
+    .action(async (command: string[], o: WindowOptions) =>
       execute(o, async () => {
         const target = targetFrom(o);
-        const ttl = parseNumber(o.ttl, "--ttl", 1, 86_400) as number;
+        const window = windowRequest(o);
         progress(`freezing ${o.mountpoint.join(", ") || o.disk.join(", ") || "every filesystem"} on ${targetLabel(target)}`);
-        const w = await createWindow({ target, mountpoints: o.mountpoint, disks: o.disk, maxDurationSeconds: ttl, thawOnDisconnect: true, owner: cliOwner(), timeouts: timeouts(o) });
-        progress(`frozen ${w.frozenMountpoints.join(", ")} in ${w.freezeMs} ms (window ${w.windowId}); running: ${command.join(" ")}`);
+        const w = await createWindow({ target, ...window, thawOnDisconnect: true, owner: cliOwner(), timeouts: timeouts(o) });
+        const crash = w.consistency === "crash";
+        if (crash) progress(`NOTHING FROZEN (--on-failure crash-consistent), the snapshot is crash-consistent only: ${w.consistencyReason}; running: ${command.join(" ")}`);
+        else progress(`frozen ${w.frozenMountpoints.join(", ")} in ${w.freezeMs} ms (window ${w.windowId}); running: ${command.join(" ")}`);
         const started = Date.now();
         let ran: { code: number | null; stdout: string; stderr: string } | undefined;
         let runError: unknown;
@@ -319,10 +349,14 @@ export function buildProgram(): Command {
           runError = err;
         }
         const commandMs = Date.now() - started;
-        const r = await releaseWindow({ target, windowId: w.windowId, timeouts: timeouts(o) });
-        progress(`released: ${r.outcome}, held ${r.heldMs ?? 0} ms`);
+        // A crash-consistent window froze nothing and holds no lease: there is nothing to release.
+        const r: Pick<ReleaseResult, "outcome" | "heldMs" | "writesResumed"> = crash
+          ? { outcome: "not-held" }
+          : await releaseWindow({ target, windowId: w.windowId, timeouts: timeouts(o) });
+        if (!crash) progress(`released: ${r.outcome}, held ${r.heldMs ?? 0} ms`);
+        if (r.writesResumed) progress("the Windows guest's writes resumed before the release (VSS holds them at most 10 s): the snapshot is NOT consistent");
         if (runError) throw runError;
-        const expired = r.outcome !== "released";
+        const expired = !crash && r.outcome !== "released";
         const commandFailed = ran?.code !== 0;
         if (ran && ran.stderr) process.stderr.write(ran.stderr);
         const result = {
@@ -332,7 +366,10 @@ export function buildProgram(): Command {
           heldMs: r.heldMs,
           commandMs,
           exitCode: ran?.code ?? null,
-          outcome: r.outcome,
+          outcome: crash ? "crash-consistent" : r.outcome,
+          consistency: crash || expired ? "crash" : "filesystem",
+          ...(crash ? { consistencyReason: w.consistencyReason } : {}),
+          ...(r.writesResumed ? { writesResumed: true } : {}),
           stdout: ran?.stdout ?? "",
         };
         if (expired) progress(`the window ended (${r.outcome}) before the command did: the snapshot may be inconsistent`);

@@ -7,7 +7,7 @@ import { QuiesceError } from "../errors";
 import type { SshConnectionConfig } from "../transport/ssh";
 import { runHostCommand, type HostCommand } from "../transport/hostCommand";
 import type { ExecResult } from "../transport/ssh";
-import { leaseHeld, windowStatus, type Timeouts } from "../quiesce/lifecycle";
+import { leaseHeld, windowStatus, type Consistency, type Timeouts } from "../quiesce/lifecycle";
 import { validateHostSnapshotInputs, type InputFailure } from "../quiesce/validate";
 import { diffByRules, updateByRules, type DiffResult, type ResourceRules } from "./rules";
 import { target } from "./window";
@@ -29,6 +29,8 @@ export interface HostSnapshotInputs {
   /** Environment variables for the commands (values are quoted; names must be identifiers). */
   readonly environment?: Record<string, string>;
   readonly timeouts?: Timeouts;
+  /** The window's consistency: in a `crash` window (nothing frozen) the command runs without the held checks. */
+  readonly windowConsistency?: Consistency;
 }
 
 /** HostSnapshot outputs. */
@@ -38,6 +40,8 @@ export interface HostSnapshotOutputs extends HostSnapshotInputs {
   readonly stderr: string;
   /** Milliseconds the create command ran. */
   readonly commandMs: number;
+  /** What the snapshot is: `filesystem`-consistent (taken while frozen, held throughout), or only `crash`-consistent. */
+  readonly consistency: Consistency;
 }
 
 /** Bytes of stdout/stderr kept in outputs. */
@@ -50,7 +54,7 @@ export const HOST_OUTPUT_LIMIT = 16_384;
 export const HOST_SNAPSHOT_RULES: ResourceRules = {
   replaces: ["windowId", "create", "environment"],
   defaults: {},
-  outputs: ["exitCode", "stdout", "stderr", "commandMs"],
+  outputs: ["exitCode", "stdout", "stderr", "commandMs", "consistency"],
 };
 
 /** check for HostSnapshot. */
@@ -100,6 +104,18 @@ function notHeld(inputs: HostSnapshotInputs, when: string, state: string, conseq
   );
 }
 
+/** Runs the create command; a non-zero exit fails with the last lines of its stderr (secrets masked). */
+async function runCreate(inputs: HostSnapshotInputs): Promise<{ r: ExecResult; started: number; commandMs: number }> {
+  const started = Date.now();
+  const r = await runOnHost(inputs, inputs.create, inputs.environment, "snapshot command");
+  const commandMs = Date.now() - started;
+  if (r.code !== 0) {
+    const tail = stderrTail(r.stderr, inputs.environment, 5, "\n");
+    throw new QuiesceError("HOST_COMMAND_FAILED", `snapshot command exited with ${r.code}:\n${tail}`, { exitCode: r.code, stderr: tail });
+  }
+  return { r, started, commandMs };
+}
+
 /**
  * create for HostSnapshot: window held → command → window still held.
  *
@@ -109,6 +125,12 @@ function notHeld(inputs: HostSnapshotInputs, when: string, state: string, conseq
  * any) removes it, so it neither lands in state nor stays on the host unseen.
  */
 export async function createHostSnapshot(inputs: HostSnapshotInputs): Promise<{ id: Id; outs: HostSnapshotOutputs }> {
+  if (inputs.windowConsistency === "crash") {
+    // The window froze nothing (onQuiesceFailure: crash-consistent): there is no hold to check, and the
+    // snapshot says what it is.
+    const { r, started, commandMs } = await runCreate(inputs);
+    return { id: `${inputs.windowId}-snap-${started}`, outs: { ...inputs, exitCode: 0, stdout: r.stdout, stderr: r.stderr, commandMs, consistency: "crash" } };
+  }
   const before = await leaseHeld(target(inputs), inputs.windowId);
   if (before.state !== "held") {
     throw notHeld(
@@ -120,13 +142,7 @@ export async function createHostSnapshot(inputs: HostSnapshotInputs): Promise<{ 
         "or `pulumi up --replace` the window).",
     );
   }
-  const started = Date.now();
-  const r = await runOnHost(inputs, inputs.create, inputs.environment, "snapshot command");
-  const commandMs = Date.now() - started;
-  if (r.code !== 0) {
-    const tail = stderrTail(r.stderr, inputs.environment, 5, "\n");
-    throw new QuiesceError("HOST_COMMAND_FAILED", `snapshot command exited with ${r.code}:\n${tail}`, { exitCode: r.code, stderr: tail });
-  }
+  const { r, started, commandMs } = await runCreate(inputs);
   const after = await windowStatus(target(inputs), {
     windowId: inputs.windowId,
     timeouts: inputs.timeouts,
@@ -149,7 +165,7 @@ export async function createHostSnapshot(inputs: HostSnapshotInputs): Promise<{ 
   }
   return {
     id: `${inputs.windowId}-snap-${started}`,
-    outs: { ...inputs, exitCode: 0, stdout: r.stdout, stderr: r.stderr, commandMs },
+    outs: { ...inputs, exitCode: 0, stdout: r.stdout, stderr: r.stderr, commandMs, consistency: "filesystem" },
   };
 }
 

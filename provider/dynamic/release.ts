@@ -4,7 +4,7 @@
  */
 import { QuiesceError } from "../errors";
 import type { SshConnectionConfig } from "../transport/ssh";
-import { releaseWindow, type Timeouts } from "../quiesce/lifecycle";
+import { releaseWindow, type Consistency, type Timeouts } from "../quiesce/lifecycle";
 import { validateReleaseInputs, type InputFailure } from "../quiesce/validate";
 import { diffByRules, updateByRules, type DiffResult, type ResourceRules } from "./rules";
 import { describeOutcome, target } from "./window";
@@ -19,6 +19,8 @@ export interface ReleaseInputs {
   readonly socketPath: string;
   readonly leaseDir?: string;
   readonly timeouts?: Timeouts;
+  /** The window's consistency: a `crash` window froze nothing, so there is nothing to release. */
+  readonly consistency?: Consistency;
   /** Succeed even when the window was no longer held when release ran. Default false. */
   readonly allowExpired?: boolean;
 }
@@ -58,6 +60,10 @@ export async function updateRelease(_id: Id, olds: ReleaseOutputs, news: Release
 
 /** create for WindowRelease: thaws under the ownership rule; fails if the window was no longer held. */
 export async function createRelease(inputs: ReleaseInputs): Promise<{ id: Id; outs: ReleaseOutputs }> {
+  if (inputs.consistency === "crash") {
+    // Nothing was frozen, so nothing is thawed: touching the guest could only thaw someone else's freeze.
+    return { id: `${inputs.windowId}-release`, outs: { ...inputs, heldMs: 0, releasedAt: new Date().toISOString(), outcome: "crash-consistent" } };
+  }
   const r = await releaseWindow({
     target: target(inputs),
     windowId: inputs.windowId,
@@ -66,8 +72,8 @@ export async function createRelease(inputs: ReleaseInputs): Promise<{ id: Id; ou
   });
   if (r.outcome !== "released" && !inputs.allowExpired) {
     throw new QuiesceError(
-      r.outcome === "expired" ? "LEASE_EXPIRED" : "NOT_HELD",
-      `window ${inputs.windowId} was no longer held when the release ran: ${describeOutcome(r.outcome, r.lease?.owner)}. ` +
+      r.writesResumed ? "VSS_WRITES_RESUMED" : r.outcome === "expired" ? "LEASE_EXPIRED" : "NOT_HELD",
+      `window ${inputs.windowId} was no longer held when the release ran: ${r.writesResumed ? "the Windows guest's writes had resumed before the release (VSS holds them at most 10 s, while the agent still says frozen)" : describeOutcome(r.outcome, r.lease?.owner)}. ` +
         "SNAPSHOTS THAT DEPEND ON THIS WINDOW MAY BE INCONSISTENT. Raise maxDurationSeconds, or set allowExpired " +
         "if that is acceptable.",
       { windowId: inputs.windowId, outcome: r.outcome },

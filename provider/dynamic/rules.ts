@@ -19,6 +19,8 @@ export interface ResourceRules {
   readonly defaults: Readonly<Record<string, unknown>>;
   /** Output keys computed by create (not inputs): they survive an update. */
   readonly outputs: readonly string[];
+  /** Derives inputs that are spelled more than one way (a Proxmox VMID is a socket path), before comparing. */
+  readonly normalize?: (props: Readonly<Record<string, unknown>>) => Readonly<Record<string, unknown>>;
 }
 
 /** What the dynamic provider returns from diff. */
@@ -60,7 +62,9 @@ function inputKeys(props: Readonly<Record<string, unknown>>, rules: ResourceRule
 }
 
 /** Diff by the rule. `olds` is the old state (inputs and outputs), `news` the new checked inputs. */
-export function diffByRules(rules: ResourceRules, olds: Readonly<Record<string, unknown>>, news: Readonly<Record<string, unknown>>): DiffResult {
+export function diffByRules(rules: ResourceRules, oldProps: Readonly<Record<string, unknown>>, newProps: Readonly<Record<string, unknown>>): DiffResult {
+  const olds = rules.normalize ? rules.normalize(oldProps) : oldProps;
+  const news = rules.normalize ? rules.normalize(newProps) : newProps;
   const replaces = rules.replaces.filter((path) => !same(valueAt(olds, path, rules.defaults), valueAt(news, path, rules.defaults)));
   const covered = (key: string): boolean => rules.replaces.includes(key);
   const keys = new Set([...inputKeys(olds, rules), ...inputKeys(news, rules)]);

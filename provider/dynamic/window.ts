@@ -11,13 +11,17 @@
  * - delete: thaw only if owned; "already thawed / expired / another's" succeeds without touching the guest;
  *   an unreachable host fails, so the resource stays in state.
  */
+import { QuiesceError } from "../errors";
 import type { GuestFilesystem } from "../agent/commands";
 import type { SshConnectionConfig } from "../transport/ssh";
 import {
   createWindow,
   releaseWindow,
   windowStatus,
+  proxmoxSocketPath,
   type AgentTarget,
+  type Consistency,
+  type OnQuiesceFailure,
   type Timeouts,
   type WindowState,
   DEFAULT_MAX_DURATION_SECONDS,
@@ -30,7 +34,12 @@ import { diffByRules, updateByRules, type DiffResult, type ResourceRules } from 
 /** QuiesceWindow inputs as the provider receives them (plain values). */
 export interface WindowInputs {
   readonly connection?: SshConnectionConfig;
-  readonly socketPath: string;
+  /** The agent socket on the host; exactly one of this and `proxmox`. Set by create from `proxmox` when absent. */
+  readonly socketPath?: string;
+  /** A Proxmox VE guest by VMID: its socket is `/var/run/qemu-server/<vmid>.qga`. */
+  readonly proxmox?: { readonly vmid: number };
+  /** What to do when the guest cannot be frozen. Default `"fail"`. */
+  readonly onQuiesceFailure?: OnQuiesceFailure;
   readonly mountpoints?: string[];
   readonly disks?: string[];
   readonly maxDurationSeconds?: number;
@@ -66,16 +75,29 @@ export interface WindowOutputs extends WindowInputs {
   readonly filesystems: FilesystemSummary[];
   /** Whether the window was held at the last create or refresh. */
   readonly held: boolean;
-  /** The window's state at the last create or refresh. */
-  readonly state: WindowState;
+  /** The window's state at the last create or refresh; `crash-consistent` for a window that froze nothing. */
+  readonly state: WindowState | "crash-consistent";
+  /** `filesystem` when the guest was frozen; `crash` when the freeze could not be made (onQuiesceFailure). */
+  readonly consistency: Consistency;
+  /** Why the window is only crash-consistent; empty when it froze. */
+  readonly consistencyReason: string;
+  /** The guest agent's OS kind: `linux`, `freebsd` or `windows`. */
+  readonly guestOs: string;
 }
 
 /** Provider id: the window id. */
 type Id = string;
 
+/** The agent socket of a window's guest: `socketPath`, or the Proxmox VMID's socket. */
+export function socketPathOf(inputs: Pick<WindowInputs, "socketPath" | "proxmox">): string {
+  if (inputs.socketPath) return inputs.socketPath;
+  if (inputs.proxmox) return proxmoxSocketPath(inputs.proxmox.vmid);
+  throw new QuiesceError("INVALID_INPUT", "a target is required: socketPath, or proxmox.vmid", { field: "socketPath" });
+}
+
 /** Where a window's guest is, from the inputs of any resource that acts on it. */
-export function target(inputs: Pick<WindowInputs, "connection" | "socketPath" | "leaseDir">): AgentTarget {
-  return { connection: inputs.connection, socketPath: inputs.socketPath, leaseDir: inputs.leaseDir };
+export function target(inputs: Pick<WindowInputs, "connection" | "socketPath" | "proxmox" | "leaseDir">): AgentTarget {
+  return { connection: inputs.connection, socketPath: socketPathOf(inputs), leaseDir: inputs.leaseDir };
 }
 
 /** Summarises fsinfo for the `filesystems` output. */
@@ -125,8 +147,14 @@ export const WINDOW_RULES: ResourceRules = {
     mountpoints: [],
     disks: [],
   },
-  outputs: ["windowId", "frozenMountpoints", "frozenCount", "frozenAt", "expiresAt", "agentVersion", "filesystems", "held", "state"],
+  outputs: ["windowId", "frozenMountpoints", "frozenCount", "frozenAt", "expiresAt", "agentVersion", "filesystems", "held", "state", "consistency", "consistencyReason", "guestOs"],
+  // A Proxmox VMID and the socket path it stands for are the same target.
+  normalize: (props) => (props.socketPath === undefined && isVmid(props.proxmox) ? { ...props, socketPath: proxmoxSocketPath(props.proxmox.vmid) } : props),
 };
+
+function isVmid(value: unknown): value is { vmid: number } {
+  return typeof value === "object" && value !== null && typeof (value as { vmid?: unknown }).vmid === "number";
+}
 
 /** diff: what replaces (a new freeze) and what merely updates. */
 export async function diffWindow(_id: Id, olds: WindowOutputs, news: WindowInputs): Promise<DiffResult> {
@@ -146,19 +174,25 @@ export function ownerLabel(inputs: Pick<WindowInputs, "project" | "stack" | "res
 
 /** create: a verified freeze; on failure the guest is thawed. */
 export async function createWindowResource(inputs: WindowInputs): Promise<{ id: Id; outs: WindowOutputs }> {
+  const t = target(inputs);
   const w = await createWindow({
-    target: target(inputs),
+    target: t,
     mountpoints: inputs.mountpoints,
     disks: inputs.disks,
     maxDurationSeconds: inputs.maxDurationSeconds,
     thawOnDisconnect: inputs.thawOnDisconnect,
     timeouts: inputs.timeouts,
     owner: ownerLabel(inputs),
+    onQuiesceFailure: inputs.onQuiesceFailure,
   });
+  const crash = w.consistency === "crash";
+  if (crash) note(`window ${w.windowId}: NOTHING WAS FROZEN; snapshots in this window are crash-consistent only (${w.consistencyReason})`);
   return {
     id: w.windowId,
     outs: {
       ...inputs,
+      // The resolved socket, so that the resources acting on the window reach it whatever named it.
+      socketPath: t.socketPath,
       windowId: w.windowId,
       frozenMountpoints: [...w.frozenMountpoints],
       frozenCount: w.frozenCount,
@@ -166,14 +200,18 @@ export async function createWindowResource(inputs: WindowInputs): Promise<{ id: 
       expiresAt: w.expiresAt,
       agentVersion: w.agentVersion,
       filesystems: summarizeFilesystems(w.filesystems),
-      held: true,
-      state: "held",
+      held: !crash,
+      state: crash ? "crash-consistent" : "held",
+      consistency: w.consistency,
+      consistencyReason: w.consistencyReason ?? "",
+      guestOs: w.guestOs,
     },
   };
 }
 
-/** read: the truth about the window. */
+/** read: the truth about the window. A crash-consistent window holds nothing, so there is nothing to ask the host. */
 export async function readWindow(id: Id, props: WindowOutputs): Promise<{ id: Id; props: WindowOutputs }> {
+  if (props.consistency === "crash") return { id, props: { ...props, held: false, state: "crash-consistent" } };
   // The socket path is the one the window was created through: if it is gone, so is the VM (refresh must not fail).
   const report = await windowStatus(target(props), { windowId: id, timeouts: props.timeouts, vanishedSocket: "vm-gone" });
   return { id, props: { ...props, held: report.state === "held", state: report.state } };
@@ -186,6 +224,9 @@ export async function updateWindow(_id: Id, olds: WindowOutputs, news: WindowInp
 
 /** delete: thaw if this window still owns the freeze; otherwise succeed and say why. */
 export async function deleteWindow(id: Id, props: WindowOutputs): Promise<void> {
+  // A crash-consistent window froze nothing and holds no lease: there is nothing to thaw, and the guest that
+  // could not be frozen (its agent may not answer at all) must not make the stack undeletable.
+  if (props.consistency === "crash") return;
   // A VM deleted before the stack must not make the stack undeletable: a missing socket reports vm-gone.
   const r = await releaseWindow({ target: target(props), windowId: id, timeouts: props.timeouts, vanishedSocket: "vm-gone" });
   if (r.outcome !== "released") note(`window ${id}: nothing to thaw (${describeOutcome(r.outcome, r.lease?.owner)})`);

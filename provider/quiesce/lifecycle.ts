@@ -16,6 +16,7 @@ import {
   fsfreezeThaw,
   getFsinfo,
   getInfo,
+  getOsinfo,
   ping,
   type FreezeStatus,
   type GuestFilesystem,
@@ -25,6 +26,7 @@ import { defaultSshPool, type SshConnectionConfig, type SshPool } from "../trans
 import { DEFAULT_LEASE_DIR, LocalLeaseStore, SftpLeaseStore, leaseFileName, type EndedRecord, type LeaseRecord, type LeaseStore } from "./lease";
 import { ensureWatchdog, heldHere, holdWindow, type WatchdogHold } from "./watchdog";
 import { planFreeze, type Selection } from "./plan";
+import { guestOsProfile, LINUX, type GuestOsKind, type GuestOsProfile } from "./guestOs";
 
 /** Where the guest agent is. */
 export interface AgentTarget {
@@ -75,7 +77,22 @@ export interface CreateWindowRequest extends Selection {
   readonly owner?: string;
   readonly timeouts?: Timeouts;
   readonly signal?: AbortSignal;
+  /**
+   * What to do when the guest cannot be frozen (its agent does not answer, fsfreeze is blocked, a freeze hook
+   * fails, the freeze fails or cannot be verified and was thawed). `"fail"` (the default) fails; with
+   * `"crash-consistent"` the window is made with nothing frozen and {@link WindowInfo.consistency} `"crash"`,
+   * as vzdump, Nova and Veeam fall back. Input errors (an unknown mount point, a lease too long), a guest
+   * frozen by another window and an unreachable host always fail, and nothing falls back while the guest may
+   * still be frozen.
+   */
+  readonly onQuiesceFailure?: OnQuiesceFailure;
 }
+
+/** See {@link CreateWindowRequest.onQuiesceFailure}. */
+export type OnQuiesceFailure = "fail" | "crash-consistent";
+
+/** What a snapshot taken inside a window is: `filesystem`-consistent (frozen), or only `crash`-consistent. */
+export type Consistency = "filesystem" | "crash";
 
 /** A held window. Times are ISO 8601 UTC. */
 export interface WindowInfo {
@@ -93,6 +110,12 @@ export interface WindowInfo {
   readonly filesystems: readonly GuestFilesystem[];
   /** Milliseconds the freeze command took. */
   readonly freezeMs: number;
+  /** `filesystem` when frozen; `crash` when the freeze could not be made and the window fell back (nothing frozen). */
+  readonly consistency: Consistency;
+  /** Why the window is only crash-consistent (the failure's message), when it is. */
+  readonly consistencyReason?: string;
+  /** The guest's kind of agent, from guest-get-osinfo (linux when it does not say). */
+  readonly guestOs: GuestOsKind;
 }
 
 /** How a window stands, from the agent's status and the lease. */
@@ -154,10 +177,23 @@ export interface ReleaseResult {
   /** The lease found, if any. */
   readonly lease?: LeaseRecord;
   readonly agentStatus: AgentFreezeStatus;
+  /**
+   * Windows: the thaw found that VSS had already let the guest's writes resume (it holds them at most 10 s while
+   * the agent still says "frozen"), so the window did not hold throughout; `outcome` is then `expired`.
+   */
+  readonly writesResumed?: boolean;
 }
 
 function resolved(t?: Timeouts): Required<Timeouts> {
   return { ...DEFAULT_TIMEOUTS, ...Object.fromEntries(Object.entries(t ?? {}).filter(([, v]) => v !== undefined)) };
+}
+
+/**
+ * The agent socket of a Proxmox VE guest: qemu-server makes `/var/run/qemu-server/<vmid>.qga`. Proxmox itself
+ * connects to it per command, so the socket is shared with vzdump and snapshots (see README, "Proxmox VE").
+ */
+export function proxmoxSocketPath(vmid: number): string {
+  return `/var/run/qemu-server/${vmid}.qga`;
 }
 
 /** Label of a target for messages. */
@@ -331,14 +367,67 @@ function alreadyFrozen(label: string, lease: LeaseRecord | undefined): QuiesceEr
  *   AGENT_* and transport errors.
  */
 export async function createWindow(request: CreateWindowRequest, deps: LifecycleDeps = {}): Promise<WindowInfo> {
+  const windowId = `qw-${randomBytes(8).toString("hex")}`;
+  const owner = request.owner ?? "pulumi-quiesce";
+  const startedAt = (deps.now ?? Date.now)();
+  try {
+    return await freezeWindow(request, deps, windowId, owner);
+  } catch (err) {
+    if ((request.onQuiesceFailure ?? "fail") !== "crash-consistent" || !quiesceFailureFallsBack(err)) throw err;
+    const reason = (err as Error).message;
+    process.stderr.write(`pulumi-quiesce: ${targetLabel(request.target)}: nothing frozen; window ${windowId} is crash-consistent only: ${reason}\n`);
+    return {
+      windowId,
+      owner,
+      frozenMountpoints: [],
+      frozenCount: 0,
+      frozenAt: new Date(startedAt).toISOString(),
+      expiresAt: new Date(startedAt).toISOString(),
+      agentVersion: "",
+      filesystems: [],
+      freezeMs: 0,
+      consistency: "crash",
+      consistencyReason: `${isQuiesceError(err) ? err.code : "ERROR"}: ${reason}`,
+      guestOs: "linux",
+    };
+  }
+}
+
+/**
+ * Failures after which a crash-consistent window may stand in: the guest agent could not make the freeze, and
+ * nothing is frozen (the failure path thawed and verified it). Never input errors, another window's freeze,
+ * a host that cannot be reached, or a guest that may still be frozen.
+ */
+function quiesceFailureFallsBack(err: unknown): boolean {
+  if (!isQuiesceError(err) || err.fields.mayBeFrozen === true) return false;
+  return ["AGENT_TIMEOUT", "AGENT_FSFREEZE_DISABLED", "AGENT_COMMAND_FAILED", "FREEZE_HOOK_FAILED", "FREEZE_MISMATCH", "VSS_VOLUME_REFUSED"].includes(err.code);
+}
+
+/** The lease length for a guest, in seconds: the request's, within what its agent can hold (Windows VSS: 10 s). */
+function leaseSeconds(request: CreateWindowRequest, os: GuestOsProfile, label: string): number {
+  const limit = os.maxHoldSeconds;
+  if (limit === undefined) return request.maxDurationSeconds ?? DEFAULT_MAX_DURATION_SECONDS;
+  // The default adapts to the guest; an explicit lease the guest cannot hold is refused, never shortened.
+  if (request.maxDurationSeconds === undefined) return Math.min(DEFAULT_MAX_DURATION_SECONDS, limit);
+  if (request.maxDurationSeconds > limit) {
+    throw new QuiesceError(
+      "VSS_LEASE_TOO_LONG",
+      `${label}: a lease of ${request.maxDurationSeconds} s was asked of a Windows guest, but VSS holds writes for at most ` +
+        `${limit} s and then lets them resume while the agent still says "frozen": a snapshot taken later would not be ` +
+        `consistent. Nothing was frozen. Set maxDurationSeconds (quiesce --ttl) to ${limit} or less, or leave it out ` +
+        `(the default is ${limit} s on Windows), and keep the snapshot step within it.`,
+      { target: label, maxDurationSeconds: request.maxDurationSeconds, limitSeconds: limit },
+    );
+  }
+  return request.maxDurationSeconds;
+}
+
+async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, windowId: string, owner: string): Promise<WindowInfo> {
   const { target, signal } = request;
   const t = resolved(request.timeouts);
   const label = targetLabel(target);
   const now = deps.now ?? Date.now;
   const store = deps.leaseStore ?? leaseStoreFor(target, deps.pool);
-  const maxDurationSeconds = request.maxDurationSeconds ?? DEFAULT_MAX_DURATION_SECONDS;
-  const windowId = `qw-${randomBytes(8).toString("hex")}`;
-  const owner = request.owner ?? "pulumi-quiesce";
 
   return withSession(target, request.timeouts, deps, signal, async (session) => {
     // 1. The agent answers, and the guest is thawed. Status comes before guest-info: while frozen the agent
@@ -360,18 +449,22 @@ export async function createWindow(request: CreateWindowRequest, deps: Lifecycle
       }
     };
     requireEnabled(["guest-fsfreeze-status", "guest-fsfreeze-thaw", "guest-get-fsinfo"]);
-    // 3. Resolve the selection before freezing: fsinfo is refused once frozen.
+    // 3. What kind of agent this is: Windows (VSS) and FreeBSD freeze differently (./guestOs.ts). Agents
+    //    without guest-get-osinfo (before 2.10) are POSIX.
+    const os = info.commands.some((c) => c.name === "guest-get-osinfo" && c.enabled) ? guestOsProfile(await getOsinfo(session, { signal })) : LINUX;
+    const maxDurationSeconds = leaseSeconds(request, os, label);
+    // 4. Resolve the selection before freezing: fsinfo is refused once frozen.
     const filesystems = await getFsinfo(session, { signal });
-    const plan = planFreeze(request, filesystems, label);
+    const plan = planFreeze(request, filesystems, label, os);
     if (plan.mountpoints.length === 0) {
       throw new QuiesceError("UNKNOWN_MOUNTPOINT", `${label}: the guest agent reports no filesystems to freeze. Nothing was frozen.`, { target: label });
     }
     // Only the freeze command this plan uses must be enabled.
     requireEnabled([plan.all ? "guest-fsfreeze-freeze" : "guest-fsfreeze-freeze-list"]);
-    // 4. The watchdog must run before anything is frozen: it is what ends the freeze if all else fails.
+    // 5. The watchdog must run before anything is frozen: it is what ends the freeze if all else fails.
     const pool = deps.pool ?? defaultSshPool;
     await ensureWatchdog(target, pool, signal);
-    // 5. Claim the guest: the lease is written before the freeze, so the watchdog can end this window
+    // 6. Claim the guest: the lease is written before the freeze, so the watchdog can end this window
     //    whatever happens from here on (this process dying between freeze and lease would leave no trace).
     const frozenAtMs = now();
     const lease: LeaseRecord = {
@@ -393,7 +486,7 @@ export async function createWindow(request: CreateWindowRequest, deps: Lifecycle
         throw err;
       }
     }
-    // 6. Freeze. From here on, every failure thaws before it is reported.
+    // 7. Freeze. From here on, every failure thaws before it is reported.
     const failed = async (err: unknown, what: string): Promise<unknown> => {
       const { error, thawed } = await thawAfterFailure(target, session, request.timeouts, deps, err, what);
       if (thawed) {
@@ -417,7 +510,7 @@ export async function createWindow(request: CreateWindowRequest, deps: Lifecycle
             isQuiesceError(error) ? error.code : "FREEZE_MISMATCH",
             `${(error as Error).message} Handing the thaw to the watchdog failed too (${(handoffErr as Error).message}): ` +
               `it thaws the guest at the lease deadline, ${lease.expiresAt}, unless \`quiesce thaw --force\` does first.`,
-            { target: label, windowId },
+            { target: label, windowId, mayBeFrozen: true },
             { cause: new AggregateError([error, handoffErr], "thaw failure, then handoff failure") },
           );
         }
@@ -427,18 +520,16 @@ export async function createWindow(request: CreateWindowRequest, deps: Lifecycle
     let count: number;
     try {
       const options = { signal, timeoutMs: t.freezeSeconds * 1000 };
-      count = plan.all ? await fsfreezeFreezeAll(session, options) : await fsfreezeFreezeList(session, plan.mountpoints, options);
+      count = plan.all ? await fsfreezeFreezeAll(session, options) : await fsfreezeFreezeList(session, plan.listArguments, options);
     } catch (err) {
-      throw await failed(err, "the freeze command failed");
+      throw await failed(hookMayHang(err, t.freezeSeconds), "the freeze command failed");
     }
     const freezeMs = now() - frozenAtMs;
     try {
-      // 7. Verify: the count must match the selection (one per distinct device) and the agent must say frozen.
+      // 8. Verify: the count must match the selection (one per distinct device) and the agent must say frozen.
       //    Freezing everything may also count a read-only mount of a type that cannot be frozen read-write.
       const status = await fsfreezeStatus(session, { signal });
-      const countOk = plan.all
-        ? count >= plan.expectedCount && count <= plan.expectedCount + plan.skipped.length
-        : count === plan.expectedCount;
+      const countOk = plan.all ? count >= plan.expectedCount && count <= plan.expectedCount + plan.skipped.length : count === plan.expectedCount;
       if (!countOk || status !== "frozen") {
         throw new QuiesceError(
           "FREEZE_MISMATCH",
@@ -462,8 +553,26 @@ export async function createWindow(request: CreateWindowRequest, deps: Lifecycle
       agentVersion: info.version,
       filesystems,
       freezeMs,
+      consistency: "filesystem",
+      guestOs: os.kind,
     };
   });
+}
+
+/**
+ * A freeze that timed out may be waiting on a fsfreeze hook: qemu-ga runs the hook (qemu-ga -F) before freezing
+ * and waits for it with no timeout (AGENT-FACTS.md, "Freeze hooks"). Say so; the failure path thaws as usual.
+ */
+function hookMayHang(err: unknown, freezeSeconds: number): unknown {
+  if (!isQuiesceError(err, "AGENT_TIMEOUT")) return err;
+  return new QuiesceError(
+    "AGENT_TIMEOUT",
+    `${err.message} The freeze took longer than ${freezeSeconds} s (timeouts.freezeSeconds). If the guest runs a fsfreeze ` +
+      "hook (qemu-ga -F), it may be hanging: qemu-ga waits for it with no timeout. Check the hook and " +
+      "/var/log/qga-fsfreeze-hook.log in the guest.",
+    { ...err.fields, hookMayHang: true },
+    { cause: err },
+  );
 }
 
 /**
@@ -503,7 +612,7 @@ async function thawAfterFailure(
         "FREEZE_MISMATCH",
         `${label}: ${what}, and after a thaw the agent still reports "${status}". The host's watchdog takes over and ` +
           "keeps trying to thaw it; check with `quiesce status`.",
-        { target: label },
+        { target: label, mayBeFrozen: true },
         { cause },
       ),
     };
@@ -515,7 +624,7 @@ async function thawAfterFailure(
         `${label}: ${what} (${(cause as Error).message}), and the thaw that followed failed too (${(thawErr as Error).message}). ` +
           "THE GUEST MAY BE FROZEN. The host's watchdog takes over and keeps trying to thaw it until the agent " +
           "answers; check with `quiesce status`.",
-        { target: label, thawError: (thawErr as Error).message },
+        { target: label, thawError: (thawErr as Error).message, mayBeFrozen: true },
         { cause: new AggregateError([cause, thawErr], "freeze failure, then thaw failure") },
       ),
     };
@@ -565,8 +674,15 @@ export async function releaseWindow(request: ReleaseRequest, deps: LifecycleDeps
     }
     const heldMs = now() - Date.parse(lease.frozenAt);
     let thawedCount = 0;
+    let writesResumed = false;
     if (agentStatus === "frozen") {
-      thawedCount = await fsfreezeThaw(session, { timeoutMs: t.thawSeconds * 1000 });
+      try {
+        thawedCount = await fsfreezeThaw(session, { timeoutMs: t.thawSeconds * 1000 });
+      } catch (err) {
+        // Windows: VSS had let writes resume already; the agent cleared its flag anyway (verified below).
+        if (!isQuiesceError(err, "VSS_WRITES_RESUMED")) throw err;
+        writesResumed = true;
+      }
       const after = await fsfreezeStatus(session);
       if (after !== "thawed") {
         throw new QuiesceError(
@@ -579,17 +695,19 @@ export async function releaseWindow(request: ReleaseRequest, deps: LifecycleDeps
     await store.remove(target.socketPath);
     if (agentStatus === "frozen") {
       // Best effort: the thaw is done and verified; a failed record must not turn it into a failed release.
-      await store.writeEnded(target.socketPath, { windowId, how: "released", at: new Date(now()).toISOString() }).catch((err: unknown) => {
+      await store.writeEnded(target.socketPath, { windowId, how: writesResumed ? "expired" : "released", at: new Date(now()).toISOString() }).catch((err: unknown) => {
         process.stderr.write(`pulumi-quiesce: ${label}: window ${windowId} released, but its ended record was not written: ${(err as Error).message}\n`);
       });
     }
     await disarmBestEffort(windowId, label);
     return {
-      outcome: state === "held" ? "released" : (state as ReleaseResult["outcome"]),
+      // Writes that resumed before the release mean the window did not hold throughout: as an expired lease.
+      outcome: state === "held" && !writesResumed ? "released" : writesResumed ? "expired" : (state as ReleaseResult["outcome"]),
       heldMs,
       thawedCount,
       lease,
       agentStatus: "thawed",
+      ...(writesResumed ? { writesResumed } : {}),
     };
   }, request.vanishedSocket === "vm-gone" ? vmGone : undefined);
 }

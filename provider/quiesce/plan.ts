@@ -5,6 +5,7 @@
  */
 import { QuiesceError } from "../errors";
 import type { GuestDisk, GuestFilesystem } from "../agent/commands";
+import { freezeListArgument, LINUX, type GuestOsProfile } from "./guestOs";
 
 /** What to freeze. Neither given (or both empty): every filesystem, with freeze-all. */
 export interface Selection {
@@ -21,8 +22,12 @@ export interface Selection {
 export interface FreezePlan {
   /** True when everything is frozen with guest-fsfreeze-freeze. */
   readonly all: boolean;
-  /** Mount points that will be frozen, sorted; for `all`, every filesystem fsinfo lists that Linux can freeze. */
+  /** True when the user asked for everything (freeze-all, or on Windows freeze-list of every freezable volume). */
+  readonly everything: boolean;
+  /** Mount points that will be frozen, sorted; for everything, every filesystem fsinfo lists that the guest can freeze. */
   readonly mountpoints: readonly string[];
+  /** What freeze-list is given (when not `all`): the mount points, or on Windows a volume path for a volume without a drive. */
+  readonly listArguments: readonly string[];
   /** The filesystems concerned. */
   readonly filesystems: readonly GuestFilesystem[];
   /**
@@ -30,16 +35,9 @@ export interface FreezePlan {
    * of a device it already froze as nothing (FIFREEZE says EBUSY), so two mount points of one device count once.
    */
   readonly expectedCount: number;
-  /** Filesystems `all` leaves out because Linux cannot freeze them (see {@link NOT_FREEZABLE_TYPES}). */
+  /** Filesystems "everything" leaves out because the guest cannot freeze them (see {@link GuestOsProfile.canFreeze}). */
   readonly skipped: readonly GuestFilesystem[];
 }
-
-/**
- * Filesystem types Linux cannot freeze when mounted read-write (they have no freeze_fs, so FIFREEZE says
- * EOPNOTSUPP). qemu-ga skips them without a word and leaves them out of its count (qga/commands-posix.c), so
- * a UEFI guest's /boot/efi (vfat) would otherwise make every freeze of "everything" look one short.
- */
-export const NOT_FREEZABLE_TYPES: ReadonlySet<string> = new Set(["vfat", "msdos", "fat", "exfat", "ntfs", "ntfs3", "fuseblk"]);
 
 function distinctDevices(filesystems: readonly GuestFilesystem[]): number {
   return new Set(filesystems.map((f) => f.name || f.mountpoint)).size;
@@ -94,21 +92,27 @@ export function describeFilesystems(filesystems: readonly GuestFilesystem[]): st
  * Resolves `selection` against `filesystems` (from guest-get-fsinfo).
  * @throws QuiesceError UNKNOWN_MOUNTPOINT, UNKNOWN_DISK or AMBIGUOUS_DISK, listing what the guest has; NOT_FREEZABLE.
  */
-export function planFreeze(selection: Selection, filesystems: readonly GuestFilesystem[], target: string): FreezePlan {
+export function planFreeze(selection: Selection, filesystems: readonly GuestFilesystem[], target: string, os: GuestOsProfile = LINUX): FreezePlan {
   const mountpoints = selection.mountpoints ?? [];
   const disks = selection.disks ?? [];
   if (mountpoints.length === 0 && disks.length === 0) {
-    const freezable = filesystems.filter((f) => !NOT_FREEZABLE_TYPES.has(f.type));
+    const freezable = filesystems.filter((f) => os.canFreeze(f.type));
+    const skipped = filesystems.filter((f) => !os.canFreeze(f.type));
+    const sorted = [...freezable].sort((a, b) => a.mountpoint.localeCompare(b.mountpoint));
     return {
-      all: true,
-      mountpoints: freezable.map((f) => f.mountpoint).sort(),
-      filesystems: freezable,
+      // VSS fails the whole freeze-all for one volume it refuses: freeze the rest by name instead.
+      all: !(os.freezeAllIsAllOrNone && skipped.length > 0),
+      everything: true,
+      mountpoints: sorted.map((f) => f.mountpoint),
+      listArguments: sorted.map((f) => freezeListArgument(os, f)),
+      filesystems: sorted,
       expectedCount: distinctDevices(freezable),
-      skipped: filesystems.filter((f) => NOT_FREEZABLE_TYPES.has(f.type)),
+      skipped,
     };
   }
+  const at = (m: string): GuestFilesystem | undefined => filesystems.find((f) => os.normalizeMountpoint(f.mountpoint) === os.normalizeMountpoint(m));
   const chosen = new Map<string, GuestFilesystem>();
-  const missingMounts = mountpoints.filter((m) => !filesystems.some((f) => f.mountpoint === m));
+  const missingMounts = mountpoints.filter((m) => at(m) === undefined);
   if (missingMounts.length > 0) {
     throw new QuiesceError(
       "UNKNOWN_MOUNTPOINT",
@@ -117,7 +121,10 @@ export function planFreeze(selection: Selection, filesystems: readonly GuestFile
       { target, missing: missingMounts, available: filesystems.map((f) => f.mountpoint) },
     );
   }
-  for (const m of mountpoints) chosen.set(m, filesystems.find((f) => f.mountpoint === m) as GuestFilesystem);
+  for (const m of mountpoints) {
+    const f = at(m) as GuestFilesystem;
+    chosen.set(f.mountpoint, f);
+  }
   const missingDisks: string[] = [];
   for (const d of disks) {
     const matches = filesystems.filter((f) => f.disks.some((disk) => diskMatches(disk, d)));
@@ -154,15 +161,23 @@ export function planFreeze(selection: Selection, filesystems: readonly GuestFile
   }
   const selected = [...chosen.keys()].sort();
   const selectedFilesystems = selected.map((m) => chosen.get(m) as GuestFilesystem);
-  const unfreezable = selectedFilesystems.filter((f) => NOT_FREEZABLE_TYPES.has(f.type));
+  const unfreezable = selectedFilesystems.filter((f) => !os.canFreeze(f.type));
   if (unfreezable.length > 0) {
     throw new QuiesceError(
       "NOT_FREEZABLE",
-      `${target}: ${describeFilesystems(unfreezable)} cannot be frozen: Linux has no freeze for ` +
-        `${[...new Set(unfreezable.map((f) => f.type))].join(", ")}, and the agent would skip it without a word. Nothing was frozen. ` +
+      `${target}: ${describeFilesystems(unfreezable)} cannot be frozen: ${os.cannotFreezeReason} ` +
+        `(${[...new Set(unfreezable.map((f) => f.type))].join(", ")}). Nothing was frozen. ` +
         "Leave it out of the selection (a snapshot of it is crash-consistent at best).",
-      { target, notFreezable: unfreezable.map((f) => f.mountpoint) },
+      { target, notFreezable: unfreezable.map((f) => f.mountpoint), guestOs: os.kind },
     );
   }
-  return { all: false, mountpoints: selected, filesystems: selectedFilesystems, expectedCount: distinctDevices(selectedFilesystems), skipped: [] };
+  return {
+    all: false,
+    everything: false,
+    mountpoints: selected,
+    listArguments: selectedFilesystems.map((f) => freezeListArgument(os, f)),
+    filesystems: selectedFilesystems,
+    expectedCount: distinctDevices(selectedFilesystems),
+    skipped: [],
+  };
 }

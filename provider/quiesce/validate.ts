@@ -50,12 +50,23 @@ function checkStringList(failures: InputFailure[], property: string, value: unkn
     const where = `${property}[${i}]`;
     if (typeof item !== "string" || item.trim() === "") {
       failures.push({ property: where, reason: `${where} must be a non-empty string; got ${JSON.stringify(item)}` });
-    } else if (absolute && !item.startsWith("/")) {
-      failures.push({ property: where, reason: `${where} must be an absolute guest path such as /data; got ${JSON.stringify(item)}` });
+    } else if (absolute && !isGuestMountpoint(item)) {
+      failures.push({
+        property: where,
+        reason: `${where} must be an absolute guest path such as /data, or on a Windows guest a volume such as C:\\ or \\\\?\\Volume{…}\\; got ${JSON.stringify(item)}`,
+      });
     } else if (seen.has(item)) {
       failures.push({ property: where, reason: `${where} repeats ${JSON.stringify(item)}; list each once` });
     } else seen.add(item);
   });
+}
+
+/**
+ * A guest mount point: POSIX absolute (`/data`), or on Windows a drive path (`C:\`, `D:\mnt\db`, also `C:`) or a
+ * volume GUID path (`\\?\Volume{…}\`), as VSS takes them (AGENT-FACTS.md, "Windows (VSS)").
+ */
+export function isGuestMountpoint(value: string): boolean {
+  return value.startsWith("/") || /^[A-Za-z]:(\\.*)?$/.test(value) || /^\\\\\?\\Volume\{[0-9A-Fa-f-]+\}\\?$/.test(value);
 }
 
 /** Validates a connection object (also used for `connection.proxy`). */
@@ -102,15 +113,27 @@ export function validateConnection(value: unknown, property = "connection"): Inp
 export function validateWindowInputs(inputs: Record<string, unknown>): InputFailure[] {
   const failures: InputFailure[] = [];
   const socketPath = inputs.socketPath;
-  if (!unknown(socketPath)) {
+  const proxmox = inputs.proxmox;
+  if (present(socketPath) && present(proxmox)) {
+    failures.push({ property: "proxmox", reason: "give exactly one target: socketPath or proxmox, not both" });
+  } else if (present(proxmox)) {
+    if (!unknown(proxmox)) {
+      if (typeof proxmox !== "object" || Array.isArray(proxmox)) failures.push({ property: "proxmox", reason: "proxmox must be an object { vmid }" });
+      else checkNumber(failures, "proxmox.vmid", (proxmox as Record<string, unknown>).vmid ?? NaN, 100, 999_999_999, "(a Proxmox VE VMID)", true);
+    }
+  } else if (!unknown(socketPath)) {
     if (typeof socketPath !== "string" || socketPath === "") {
-      failures.push({ property: "socketPath", reason: "socketPath is required: the absolute path of the guest agent socket on the host" });
+      failures.push({ property: "socketPath", reason: "a target is required: socketPath (the absolute path of the guest agent socket on the host) or proxmox: { vmid }" });
     } else if (!socketPath.startsWith("/")) {
       failures.push({
         property: "socketPath",
         reason: `socketPath must be absolute (e.g. /var/lib/libvirt/qemu/channel/target/domain-vm1/org.qemu.guest_agent.0); got ${JSON.stringify(socketPath)}`,
       });
     }
+  }
+  const onFailure = inputs.onQuiesceFailure;
+  if (present(onFailure) && !unknown(onFailure) && onFailure !== "fail" && onFailure !== "crash-consistent") {
+    failures.push({ property: "onQuiesceFailure", reason: `onQuiesceFailure must be "fail" or "crash-consistent"; got ${JSON.stringify(onFailure)}` });
   }
   checkStringList(failures, "mountpoints", inputs.mountpoints, true);
   checkStringList(failures, "disks", inputs.disks, false);

@@ -75,8 +75,47 @@ export function defaultFilesystems(): FakeFilesystem[] {
   ];
 }
 
+/**
+ * A Windows guest's volumes as qemu-ga with VSS reports them (qga/commands-win32.c, build_guest_fsinfo): name is
+ * the volume GUID path, mountpoint the drive (C:\), type NTFS, disks with a serial and \\.\PhysicalDriveN.
+ * E:\ is FAT32, which VSS cannot add to a snapshot set.
+ */
+export function windowsFilesystems(): FakeFilesystem[] {
+  const volume = (n: number, drive: string, type: string, serial: string): FakeFilesystem => ({
+    name: `\\\\?\\Volume{0000000${n}-1111-2222-3333-444455556666}\\`,
+    mountpoint: `${drive}:\\`,
+    type,
+    disks: [{ "bus-type": "sata", bus: 0, target: n, unit: 0, dev: `\\\\.\\PhysicalDrive${n}`, serial }],
+  });
+  return [volume(0, "C", "NTFS", "win-system"), volume(1, "D", "NTFS", "win-data"), volume(2, "E", "FAT32", "win-usb")];
+}
+
+/** A FreeBSD guest's filesystems: UFS root, and a ZFS dataset qemu-ga skips without a word (qga/commands-bsd.c). */
+export function freebsdFilesystems(): FakeFilesystem[] {
+  return [
+    { name: "vtbd0p2", mountpoint: "/", type: "ufs", disks: [{ "bus-type": "virtio", bus: 0, target: 0, unit: 0, dev: "/dev/vtbd0p2", serial: "bsd-root" }] },
+    { name: "zroot/data", mountpoint: "/data", type: "zfs", disks: [{ "bus-type": "virtio", bus: 0, target: 0, unit: 0, dev: "/dev/vtbd1", serial: "bsd-zfs" }] },
+  ];
+}
+
 /** Filesystem types whose Linux driver has no freeze (FIFREEZE: EOPNOTSUPP), as a read-write mount. */
 const CANNOT_FREEZE = new Set(["vfat", "msdos", "exfat", "ntfs3", "fuseblk"]);
+
+/** Whether the fake's OS really freezes a type (its own lists: the fake imports no product code). */
+function freezes(os: FakeOs, type: string): boolean {
+  if (os === "windows") return ["ntfs", "refs"].includes(type.toLowerCase());
+  if (os === "freebsd") return type === "ufs";
+  return !CANNOT_FREEZE.has(type);
+}
+
+/** The guest OS the fake agent models. */
+export type FakeOs = "linux" | "windows" | "freebsd";
+
+/**
+ * A freeze hook (qemu-ga -F) that fails, as qga/commands-posix.c reports it: a non-zero exit, a signal, a hook
+ * that cannot be run, or one that never returns (qemu-ga waits for it with no timeout).
+ */
+export type FakeHook = "fail" | "abnormal" | "missing" | "hang";
 
 const ALLOWED_WHILE_FROZEN = new Set([
   "guest-ping",
@@ -97,6 +136,7 @@ const SUPPORTED = [
   "guest-fsfreeze-freeze",
   "guest-fsfreeze-freeze-list",
   "guest-fsfreeze-thaw",
+  "guest-get-osinfo",
 ];
 
 /** Options of {@link FakeAgent.start}. */
@@ -106,6 +146,12 @@ export interface FakeAgentOptions {
   /** Commands reported with enabled=false in guest-info (and refused), like qemu-ga --block-rpcs. */
   blockedCommands?: string[];
   faults?: FakeFaults;
+  /** The guest OS whose agent this models (default linux); windows and freebsd also set their default layouts. */
+  os?: FakeOs;
+  /** A failing freeze hook (default none). */
+  hook?: FakeHook;
+  /** Windows: milliseconds VSS holds writes before it lets them resume (default 10 000, as VSS). */
+  vssHoldLimitMs?: number;
 }
 
 /** A running fake agent. */
@@ -114,6 +160,13 @@ export class FakeAgent {
   readonly filesystems: FakeFilesystem[];
   readonly faults: FakeFaults;
   readonly blockedCommands: Set<string>;
+  readonly os: FakeOs;
+  hook: FakeHook | undefined;
+  readonly vssHoldLimitMs: number;
+  /** Windows: VSS let the writes resume while the agent still says frozen. */
+  writesResumed = false;
+  private vssTimer: NodeJS.Timeout | undefined;
+  private hookExits: (() => void) | undefined;
   /** Every command executed, in order (for assertions). */
   readonly log: string[] = [];
   /** Mount points currently frozen. */
@@ -134,7 +187,10 @@ export class FakeAgent {
   private constructor(options: FakeAgentOptions, socketPath: string, ownDir: string | undefined) {
     this.socketPath = socketPath;
     this.ownDir = ownDir;
-    this.filesystems = options.filesystems ?? defaultFilesystems();
+    this.os = options.os ?? "linux";
+    this.hook = options.hook;
+    this.vssHoldLimitMs = options.vssHoldLimitMs ?? 10_000;
+    this.filesystems = options.filesystems ?? (this.os === "windows" ? windowsFilesystems() : this.os === "freebsd" ? freebsdFilesystems() : defaultFilesystems());
     this.faults = options.faults ?? {};
     this.blockedCommands = new Set(options.blockedCommands ?? []);
     this.server = net.createServer((socket) => this.onConnection(socket));
@@ -164,6 +220,12 @@ export class FakeAgent {
     return this.frozen.size > 0 ? "frozen" : "thawed";
   }
 
+  /** A hanging hook (`hook: "hang"`) exits 0 at last: the freeze it held up goes ahead. */
+  finishHook(): void {
+    this.hookExits?.();
+    this.hookExits = undefined;
+  }
+
   /** Ends a `silent` fault: the agent answers again, processing what queued meanwhile. */
   resume(): void {
     this.faults.silent = false;
@@ -172,6 +234,8 @@ export class FakeAgent {
 
   /** Stops the server and drops every connection. */
   async stop(): Promise<void> {
+    clearTimeout(this.vssTimer);
+    this.finishHook();
     for (const s of [this.active, ...this.waiting]) s?.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
     if (this.ownDir) fs.rmSync(this.ownDir, { recursive: true, force: true });
@@ -347,7 +411,19 @@ export class FakeAgent {
           })),
         });
         return;
+      case "guest-get-osinfo":
+        // qga/commands-posix.c reads os-release and uname; qga/commands-win32.c says mswindows / Windows_NT.
+        this.reply({
+          return:
+            this.os === "windows"
+              ? { id: "mswindows", name: "Microsoft Windows", "pretty-name": "Windows Server 2022 Standard", "kernel-release": "20348", machine: "x86_64" }
+              : this.os === "freebsd"
+                ? { id: "freebsd", name: "FreeBSD", "pretty-name": "FreeBSD 14.1-RELEASE", "kernel-release": "14.1-RELEASE", machine: "amd64" }
+                : { id: "debian", name: "Debian GNU/Linux", "pretty-name": "Debian GNU/Linux 12 (bookworm)", "kernel-release": "6.1.0-fake", machine: "x86_64" },
+        });
+        return;
       case "guest-fsfreeze-status":
+        // Windows: qemu-ga reads its own flag, so this still says frozen after VSS let the writes resume.
         this.reply({ return: this.status });
         return;
       case "guest-fsfreeze-freeze":
@@ -359,6 +435,32 @@ export class FakeAgent {
             : Array.isArray(args.mountpoints)
               ? this.filesystems.map((f) => f.mountpoint).filter((m) => (args.mountpoints as unknown[]).includes(m))
               : this.filesystems.map((f) => f.mountpoint);
+        // The hook runs before anything is frozen (qga/commands-posix.c, execute_fsfreeze_hook).
+        if (this.hook === "hang") {
+          // qemu-ga waits for the hook with no timeout, answering nothing meanwhile; when the hook finally
+          // exits 0, the freeze goes ahead.
+          await new Promise<void>((resolve) => (this.hookExits = resolve));
+          this.hook = undefined;
+        }
+        if (this.hook) {
+          this.error(
+            "GenericError",
+            this.hook === "fail"
+              ? "fsfreeze hook has failed with status 1"
+              : this.hook === "abnormal"
+                ? "fsfreeze hook has terminated abnormally"
+                : "can't access fsfreeze hook '/etc/qemu/fsfreeze-hook': No such file or directory",
+          );
+          return;
+        }
+        if (this.os === "windows") {
+          // VSS: all or none (qga/vss-win32/requester.cpp): a volume it cannot add fails the whole set.
+          const refused = wanted.map((m) => this.filesystems.find((f) => f.mountpoint === m) as FakeFilesystem).find((f) => !freezes(this.os, f.type));
+          if (refused) {
+            this.error("GenericError", `failed to add ${refused.mountpoint} to snapshot set: (error: 8004230c)`);
+            return;
+          }
+        }
         if (this.faults.freezeError) {
           const desc = this.faults.freezeError;
           this.faults.freezeError = undefined;
@@ -373,10 +475,16 @@ export class FakeAgent {
         const frozenDevices = new Set(this.filesystems.filter((f) => this.frozen.has(f.mountpoint)).map((f) => f.name));
         for (const m of wanted) {
           const fs = this.filesystems.find((f) => f.mountpoint === m) as FakeFilesystem;
-          if (CANNOT_FREEZE.has(fs.type) || frozenDevices.has(fs.name)) continue;
+          if (!freezes(this.os, fs.type) || frozenDevices.has(fs.name)) continue;
           frozenDevices.add(fs.name);
           this.frozen.add(m);
           count++;
+        }
+        if (this.os === "windows" && count > 0) {
+          // VSS holds writes for at most 10 s, then lets them resume without a word.
+          this.writesResumed = false;
+          this.vssTimer = setTimeout(() => (this.writesResumed = true), this.vssHoldLimitMs);
+          this.vssTimer.unref();
         }
         this.reply({ return: this.faults.reportCount ?? count });
         return;
@@ -384,6 +492,13 @@ export class FakeAgent {
       case "guest-fsfreeze-thaw": {
         const n = this.frozen.size;
         this.frozen.clear();
+        clearTimeout(this.vssTimer);
+        if (this.os === "windows" && this.writesResumed && n > 0) {
+          // The flag is cleared anyway; the thaw reports that writes had resumed.
+          this.writesResumed = false;
+          this.error("GenericError", "couldn't hold writes: fsfreeze is limited up to 10 seconds: (error: 80042314)");
+          return;
+        }
         this.reply({ return: n });
         return;
       }

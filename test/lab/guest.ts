@@ -104,6 +104,8 @@ export interface StartGuestOptions {
   data2Serial?: string | null;
   /** Attach a blank disk (serial "qefi") that init formats as vfat and mounts on /boot/efi, as on a UEFI guest (default false). */
   efiDisk?: boolean;
+  /** Run qemu-ga with a fsfreeze hook (-F) that fails every freeze with status 3 (default false). */
+  failingFreezeHook?: boolean;
   /** Boot plus agent handshake budget, in milliseconds (default 90 000; a boot takes 3–9 s under TCG). */
   bootTimeoutMs?: number;
   /** Let a guest reboot (system_reset, or a reboot inside) restart it instead of ending QEMU (default false: -no-reboot). */
@@ -170,6 +172,7 @@ export async function startGuest(options: StartGuestOptions = {}): Promise<LabGu
     }
     const append = ["console=ttyS0", "quiet", "panic=-1", `quiesce.load=${load ? 1 : 0}`, `quiesce.agent=${agent ? 1 : 0}`];
     if (options.efiDisk) append.push("quiesce.efi=1");
+    if (options.failingFreezeHook) append.push("quiesce.hook=fail");
     if (options.loadIntervalMs !== undefined) append.push(`quiesce.load_ms=${Math.max(0, Math.round(options.loadIntervalMs))}`);
     const args = [
       "-accel", "tcg", "-m", "256", "-smp", "1",

@@ -12,6 +12,8 @@
 #   quiesce.load=1          run the write load on /data (see run_load)
 #   quiesce.load_ms=N       pause between two load writes, in milliseconds (default 100)
 #   quiesce.agent=0         do not start qemu-ga (a guest whose agent is absent)
+#   quiesce.efi=1           format the disk with serial qefi as vfat and mount it on /boot/efi
+#   quiesce.hook=fail       run qemu-ga with a fsfreeze hook (-F) that fails every freeze with status 3
 
 /bin/busybox --install -s /bin
 export PATH=/bin:/usr/bin:/usr/sbin
@@ -33,12 +35,14 @@ load=0
 load_ms=100
 agent=1
 efi=0
+hook=""
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     quiesce.load=1) load=1 ;;
     quiesce.load_ms=*) load_ms="${arg#*=}" ;;
     quiesce.agent=0) agent=0 ;;
     quiesce.efi=1) efi=1 ;;
+    quiesce.hook=fail) hook=fail ;;
   esac
 done
 
@@ -114,9 +118,19 @@ if [ "$agent" = 1 ]; then
     [ -z "$port" ] && usleep 20000
   done
   mkdir -p /var/lib/qemu-ga
+  hook_arg=""
+  if [ "$hook" = fail ]; then
+    # A freeze hook as a site installs one (qemu-ga -F): it runs before every freeze, and its non-zero exit
+    # aborts the freeze ("fsfreeze hook has failed with status 3").
+    mkdir -p /etc/qemu
+    printf '#!/bin/sh\necho "$(date) fsfreeze-hook $1: refusing" >>/var/log/qga-fsfreeze-hook.log\n[ "$1" = freeze ] && exit 3\nexit 0\n' >/etc/qemu/fsfreeze-hook
+    chmod 0755 /etc/qemu/fsfreeze-hook
+    hook_arg="--fsfreeze-hook=/etc/qemu/fsfreeze-hook"
+    say "HOOK /etc/qemu/fsfreeze-hook fails every freeze"
+  fi
   (
     while :; do
-      qemu-ga -m virtio-serial -p "$port" -f /run/qemu-ga.pid -t /var/lib/qemu-ga
+      qemu-ga -m virtio-serial -p "$port" -f /run/qemu-ga.pid -t /var/lib/qemu-ga $hook_arg
       say "AGENT-EXITED status=$? (restarting)"
       sleep 1
     done

@@ -23,3 +23,14 @@ test("the target, the selection or the lease replace (delete first); credentials
   expect(await diff({ maxDurationSeconds: 60 })).toMatchObject({ replaces: ["maxDurationSeconds"] });
   expect(await diff({ connection: { host: "hv1", privateKey: "OTHER" } })).toEqual({ changes: true, replaces: [], deleteBeforeReplace: true });
 });
+
+test("a Proxmox VMID and the socket path it stands for are the same target; another VMID replaces", async () => {
+  const viaVmid = { ...base, socketPath: undefined, proxmox: { vmid: 101 } } as unknown as WindowInputs;
+  const created = { ...viaVmid, socketPath: "/var/run/qemu-server/101.qga", windowId: "qw-0123456789abcdef" } as unknown as WindowOutputs;
+  expect((await diffWindow("qw-0123456789abcdef", created, viaVmid)).replaces).toEqual([]);
+  expect((await diffWindow("qw-0123456789abcdef", created, { ...viaVmid, proxmox: { vmid: 102 } } as unknown as WindowInputs)).replaces).toEqual(["socketPath"]);
+});
+
+test("onQuiesceFailure only governs the next create: an update", async () => {
+  expect(await diff({ onQuiesceFailure: "crash-consistent" })).toEqual({ changes: true, replaces: [], deleteBeforeReplace: true });
+});
