@@ -9,7 +9,7 @@ import { runHostCommand, type HostCommand } from "../transport/hostCommand";
 import type { ExecResult } from "../transport/ssh";
 import { leaseHeld, windowStatus, type Consistency, type Timeouts } from "../quiesce/lifecycle";
 import { validateHostSnapshotInputs, type InputFailure } from "../quiesce/validate";
-import { diffByRules, updateByRules, type DiffResult, type ResourceRules } from "./rules";
+import { ruleMethods, type ResourceRules } from "./rules";
 import { target } from "./window";
 
 /** Provider id. */
@@ -57,20 +57,18 @@ export const HOST_SNAPSHOT_RULES: ResourceRules = {
   outputs: ["exitCode", "stdout", "stderr", "commandMs", "consistency"],
 };
 
+const hostSnapshotMethods = ruleMethods<HostSnapshotInputs, HostSnapshotOutputs>(HOST_SNAPSHOT_RULES);
+/** diff for HostSnapshot. */
+export const diffHostSnapshot = hostSnapshotMethods.diff;
+/** update for HostSnapshot: nothing runs; the state takes the new inputs and keeps the snapshot's outputs. */
+export const updateHostSnapshot = hostSnapshotMethods.update;
+
 /** check for HostSnapshot. */
 export async function checkHostSnapshot(_olds: unknown, news: HostSnapshotInputs): Promise<{ inputs: HostSnapshotInputs; failures: InputFailure[] }> {
   return { inputs: news, failures: validateHostSnapshotInputs(news as unknown as Record<string, unknown>) };
 }
 
-/** diff for HostSnapshot. */
-export async function diffHostSnapshot(_id: Id, olds: HostSnapshotOutputs, news: HostSnapshotInputs): Promise<DiffResult> {
-  return diffByRules(HOST_SNAPSHOT_RULES, olds as unknown as Record<string, unknown>, news as unknown as Record<string, unknown>);
-}
 
-/** update for HostSnapshot: nothing runs; the state takes the new inputs and keeps the snapshot's outputs. */
-export async function updateHostSnapshot(_id: Id, olds: HostSnapshotOutputs, news: HostSnapshotInputs): Promise<{ outs: HostSnapshotOutputs }> {
-  return { outs: updateByRules<HostSnapshotOutputs>(HOST_SNAPSHOT_RULES, olds as unknown as Record<string, unknown>, news as unknown as Record<string, unknown>) };
-}
 
 /** Runs one of the resource's commands on the window's host (over SSH, or locally). */
 export function runOnHost(

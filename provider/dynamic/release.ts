@@ -6,7 +6,7 @@ import { QuiesceError } from "../errors";
 import type { SshConnectionConfig } from "../transport/ssh";
 import { releaseWindow, type Consistency, type Timeouts } from "../quiesce/lifecycle";
 import { validateReleaseInputs, type InputFailure } from "../quiesce/validate";
-import { diffByRules, updateByRules, type DiffResult, type ResourceRules } from "./rules";
+import { ruleMethods, type ResourceRules } from "./rules";
 import { describeOutcome, target } from "./window";
 
 /** Provider id. */
@@ -43,20 +43,18 @@ export const RELEASE_RULES: ResourceRules = {
   outputs: ["heldMs", "releasedAt", "outcome"],
 };
 
+const releaseMethods = ruleMethods<ReleaseInputs, ReleaseOutputs>(RELEASE_RULES);
+/** diff for WindowRelease. */
+export const diffRelease = releaseMethods.diff;
+/** update for WindowRelease: nothing to do on the host; the state takes the new inputs. */
+export const updateRelease = releaseMethods.update;
+
 /** check for WindowRelease. */
 export async function checkRelease(_olds: unknown, news: ReleaseInputs): Promise<{ inputs: ReleaseInputs; failures: InputFailure[] }> {
   return { inputs: news, failures: validateReleaseInputs(news as unknown as Record<string, unknown>) };
 }
 
-/** diff for WindowRelease. */
-export async function diffRelease(_id: Id, olds: ReleaseOutputs, news: ReleaseInputs): Promise<DiffResult> {
-  return diffByRules(RELEASE_RULES, olds as unknown as Record<string, unknown>, news as unknown as Record<string, unknown>);
-}
 
-/** update for WindowRelease: nothing to do on the host; the state takes the new inputs. */
-export async function updateRelease(_id: Id, olds: ReleaseOutputs, news: ReleaseInputs): Promise<{ outs: ReleaseOutputs }> {
-  return { outs: updateByRules<ReleaseOutputs>(RELEASE_RULES, olds as unknown as Record<string, unknown>, news as unknown as Record<string, unknown>) };
-}
 
 /** create for WindowRelease: thaws under the ownership rule; fails if the window was no longer held. */
 export async function createRelease(inputs: ReleaseInputs): Promise<{ id: Id; outs: ReleaseOutputs }> {

@@ -104,3 +104,15 @@ export function updateByRules<T>(rules: ResourceRules, olds: Readonly<Record<str
   for (const k of rules.outputs) if (olds[k] !== undefined) outs[k] = olds[k];
   return outs as T;
 }
+
+/** A resource's diff and update under its rules, typed by its inputs and outputs. */
+export function ruleMethods<I extends object, O extends I>(rules: ResourceRules): {
+  diff(id: string, olds: O, news: I): Promise<DiffResult>;
+  update(id: string, olds: O, news: I): Promise<{ outs: O }>;
+} {
+  const props = (v: object): Readonly<Record<string, unknown>> => v as Readonly<Record<string, unknown>>;
+  return {
+    diff: async (_id, olds, news) => diffByRules(rules, props(olds), props(news)),
+    update: async (_id, olds, news) => ({ outs: updateByRules<O>(rules, props(olds), props(news)) }),
+  };
+}

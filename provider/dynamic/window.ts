@@ -29,7 +29,7 @@ import {
 import { validateWindowInputs, type InputFailure } from "../quiesce/validate";
 import { diskBusTarget, diskPciAddress } from "../quiesce/plan";
 import { DEFAULT_LEASE_DIR } from "../quiesce/lease";
-import { diffByRules, updateByRules, type DiffResult, type ResourceRules } from "./rules";
+import { ruleMethods, type ResourceRules } from "./rules";
 
 /** QuiesceWindow inputs as the provider receives them (plain values). */
 export interface WindowInputs {
@@ -152,14 +152,16 @@ export const WINDOW_RULES: ResourceRules = {
   normalize: (props) => (props.socketPath === undefined && isVmid(props.proxmox) ? { ...props, socketPath: proxmoxSocketPath(props.proxmox.vmid) } : props),
 };
 
+const windowMethods = ruleMethods<WindowInputs, WindowOutputs>(WINDOW_RULES);
+/** diff: what replaces (a new freeze) and what merely updates. */
+export const diffWindow = windowMethods.diff;
+/** update: credentials, timeouts or labels changed; the freeze and its outputs stay, removed inputs go. */
+export const updateWindow = windowMethods.update;
+
 function isVmid(value: unknown): value is { vmid: number } {
   return typeof value === "object" && value !== null && typeof (value as { vmid?: unknown }).vmid === "number";
 }
 
-/** diff: what replaces (a new freeze) and what merely updates. */
-export async function diffWindow(_id: Id, olds: WindowOutputs, news: WindowInputs): Promise<DiffResult> {
-  return diffByRules(WINDOW_RULES, olds as unknown as Record<string, unknown>, news as unknown as Record<string, unknown>);
-}
 
 /**
  * The lease's owner label: `pulumi:project/stack/resource`. Project and stack come from the program (inputs set
@@ -217,10 +219,6 @@ export async function readWindow(id: Id, props: WindowOutputs): Promise<{ id: Id
   return { id, props: { ...props, held: report.state === "held", state: report.state } };
 }
 
-/** update: credentials, timeouts or labels changed; the freeze and its outputs stay, removed inputs go. */
-export async function updateWindow(_id: Id, olds: WindowOutputs, news: WindowInputs): Promise<{ outs: WindowOutputs }> {
-  return { outs: updateByRules<WindowOutputs>(WINDOW_RULES, olds as unknown as Record<string, unknown>, news as unknown as Record<string, unknown>) };
-}
 
 /** delete: thaw if this window still owns the freeze; otherwise succeed and say why. */
 export async function deleteWindow(id: Id, props: WindowOutputs): Promise<void> {
