@@ -374,8 +374,8 @@ export async function createWindow(request: CreateWindowRequest, deps: Lifecycle
     return await freezeWindow(request, deps, windowId, owner);
   } catch (err) {
     if ((request.onQuiesceFailure ?? "fail") !== "crash-consistent" || !quiesceFailureFallsBack(err)) throw err;
+    // The callers say it loudly (the CLI's progress, the provider's note); the result carries the reason.
     const reason = (err as Error).message;
-    process.stderr.write(`pulumi-quiesce: ${targetLabel(request.target)}: nothing frozen; window ${windowId} is crash-consistent only: ${reason}\n`);
     return {
       windowId,
       owner,
