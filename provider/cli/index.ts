@@ -320,6 +320,14 @@ export function buildProgram(): Command {
         }
         const r: ReleaseResult = await releaseWindow({ target, windowId: lease.windowId, timeouts: timeouts(o) });
         progress(`window ${lease.windowId}: ${r.outcome}, held ${r.heldMs ?? 0} ms`);
+        if (r.writesResumed) {
+          throw new QuiesceError(
+            "VSS_WRITES_RESUMED",
+            `${targetLabel(target)}: window ${lease.windowId} is thawed, but the Windows guest's writes had resumed before this thaw ` +
+              `(VSS holds them at most 10 s; held ${r.heldMs ?? 0} ms): a snapshot taken in this window is NOT CONSISTENT.`,
+            { windowId: lease.windowId, heldMs: r.heldMs },
+          );
+        }
         return { result: { windowId: lease.windowId, outcome: r.outcome, heldMs: r.heldMs, thawedCount: r.thawedCount }, human: r.outcome };
       }),
     );

@@ -237,6 +237,15 @@ describe("the CLI against each mode", () => {
     expect(ran).toMatchObject({ code: 0, json: { ok: true, frozenMountpoints: ["C:\\"], consistency: "filesystem", outcome: "released" } });
   });
 
+  test("windows: a thaw that finds the writes resumed fails with VSS_WRITES_RESUMED (the guest is thawed)", async () => {
+    await start({ os: "windows", vssHoldLimitMs: 200 });
+    const frozen = await quiesce(["freeze", ...local(), "--mountpoint", "D:\\", "--ttl", "5"]);
+    await new Promise((r) => setTimeout(r, 400));
+    const thawed = await quiesce(["thaw", ...local(), "--window", frozen.json.windowId as string]);
+    expect(thawed).toMatchObject({ code: 1, json: { ok: false, error: { code: "VSS_WRITES_RESUMED" } } });
+    expect(agent.status).toBe("thawed");
+  });
+
   test("freebsd: freeze everything freezes UFS only; a hook failure has its own code, and crash-consistent goes on", async () => {
     await start({ os: "freebsd" });
     const frozen = await quiesce(["freeze", ...local()]);
