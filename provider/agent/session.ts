@@ -95,11 +95,14 @@ export function agentCommandError(command: string, body: AgentErrorBody, target:
     // scripts log to /var/log/qga-fsfreeze-hook.log (AGENT-FACTS.md, "Freeze hooks").
     const where = hook[2] ? `'${hook[2]}'` : "(qemu-ga -F; by default /etc/qemu/fsfreeze-hook, /etc/qemu-ga/fsfreeze-hook on RHEL)";
     const what = hook[1] ? `failed with status ${hook[1]}` : hook[2] ? "cannot be run" : "was killed by a signal";
+    const consequence =
+      command === "guest-fsfreeze-thaw"
+        ? `after the agent thawed (qemu-ga runs the hook with "thaw" once the filesystems are thawed) (agent said: ${body.desc}).`
+        : `so the agent aborted ${command} (agent said: ${body.desc}). Nothing was frozen by it.`;
     return new QuiesceError(
       "FREEZE_HOOK_FAILED",
-      `${target}: the guest's fsfreeze hook ${where} ${what}, so the agent aborted ${command} (agent said: ${body.desc}). ` +
-        "Nothing was frozen by it. Look at the hook's output in the guest: the shipped dispatcher runs the scripts in " +
-        "fsfreeze-hook.d and logs to /var/log/qga-fsfreeze-hook.log.",
+      `${target}: the guest's fsfreeze hook ${where} ${what}, ${consequence} Look at the hook's output in the guest: the ` +
+        "shipped dispatcher runs the scripts in fsfreeze-hook.d and logs to /var/log/qga-fsfreeze-hook.log.",
       { ...fields, hookStatus: hook[1] ? Number(hook[1]) : undefined, hookPath: hook[2] },
     );
   }

@@ -173,8 +173,8 @@ async function execute(o: TargetOptions, body: () => Promise<{ result: Result; h
  * Runs a host command: every argument quoted on its own, so no shell interprets it, over SSH or on this machine.
  * It dies with its channel: killing `quiesce run` kills it too (the guest is being thawed by then).
  */
-function runHostCommand(target: AgentTarget, argv: readonly string[]): Promise<ExecResult> {
-  return runOnHost(target.connection, { script: argv.map(shellQuote).join(" "), timeoutMs: 24 * 3600 * 1000, purpose: "host command" });
+function runHostCommand(target: AgentTarget, argv: readonly string[], killAfterSeconds?: number): Promise<ExecResult> {
+  return runOnHost(target.connection, { script: argv.map(shellQuote).join(" "), timeoutMs: 24 * 3600 * 1000, purpose: "host command", killAfterSeconds });
 }
 
 /** A size in bytes, in binary units: `50.2 MiB`. */
@@ -352,7 +352,8 @@ export function buildProgram(): Command {
         let ran: { code: number | null; stdout: string; stderr: string } | undefined;
         let runError: unknown;
         try {
-          ran = await runHostCommand(target, command);
+          // Killed on the host at the lease's end (plus 1 s), whatever happens to this process's connection.
+          ran = await runHostCommand(target, command, crash ? undefined : (Date.parse(w.expiresAt) - Date.now()) / 1000 + 1);
         } catch (err) {
           runError = err;
         }

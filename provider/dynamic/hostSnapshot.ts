@@ -76,7 +76,7 @@ export function runOnHost(
   command: string,
   environment: Record<string, string> | undefined,
   purpose: string,
-  options: Pick<HostCommand, "timeoutMs" | "signal"> = {},
+  options: Pick<HostCommand, "timeoutMs" | "signal" | "killAfterSeconds"> = {},
 ): Promise<ExecResult> {
   return runHostCommand(inputs.connection, { script: command, environment, maxOutputBytes: HOST_OUTPUT_LIMIT, purpose, ...options });
 }
@@ -103,9 +103,9 @@ function notHeld(inputs: HostSnapshotInputs, when: string, state: string, conseq
 }
 
 /** Runs the create command; a non-zero exit fails with the last lines of its stderr (secrets masked). */
-async function runCreate(inputs: HostSnapshotInputs): Promise<{ r: ExecResult; started: number; commandMs: number }> {
+async function runCreate(inputs: HostSnapshotInputs, killAfterSeconds?: number): Promise<{ r: ExecResult; started: number; commandMs: number }> {
   const started = Date.now();
-  const r = await runOnHost(inputs, inputs.create, inputs.environment, "snapshot command");
+  const r = await runOnHost(inputs, inputs.create, inputs.environment, "snapshot command", { killAfterSeconds });
   const commandMs = Date.now() - started;
   if (r.code !== 0) {
     const tail = stderrTail(r.stderr, inputs.environment, 5, "\n");
@@ -140,7 +140,10 @@ export async function createHostSnapshot(inputs: HostSnapshotInputs): Promise<{ 
         "or `pulumi up --replace` the window).",
     );
   }
-  const { r, started, commandMs } = await runCreate(inputs);
+  // The host kills the command at the lease's end by itself: a client cut off by a network partition can end
+  // nothing, and a snapshot finished after the deadline would be taken of a thawed guest.
+  const leaseLeftSeconds = before.lease ? (Date.parse(before.lease.expiresAt) - Date.now()) / 1000 + 1 : undefined;
+  const { r, started, commandMs } = await runCreate(inputs, leaseLeftSeconds);
   const after = await windowStatus(target(inputs), {
     windowId: inputs.windowId,
     timeouts: inputs.timeouts,

@@ -575,6 +575,35 @@ function hookMayHang(err: unknown, freezeSeconds: number): unknown {
   );
 }
 
+/** What a thaw did: the count it reported, and what the agent said besides. */
+interface ThawResult {
+  readonly thawedCount: number;
+  /** Windows: VSS had let the writes resume before this thaw. */
+  readonly writesResumed: boolean;
+  /** The agent thawed, then its fsfreeze hook failed on `thaw`: the guest is thawed, the hook's work may not be. */
+  readonly hookError?: QuiesceError;
+}
+
+/**
+ * guest-fsfreeze-thaw, reading a failed reply the way qemu-ga means it. qemu-ga thaws and clears its frozen flag
+ * first, and only then runs the fsfreeze hook with `thaw` (qga/commands-posix.c, qmp_guest_fsfreeze_thaw); on
+ * Windows it clears the flag and then reports that VSS had let the writes resume. Either way the reply is an
+ * error while the guest is thawed, so the error counts only when the status does not say thawed. The caller
+ * verifies the status after a success as before.
+ */
+async function thawReadingErrors(session: AgentSession, timeoutMs: number): Promise<ThawResult> {
+  try {
+    return { thawedCount: await fsfreezeThaw(session, { timeoutMs }), writesResumed: false };
+  } catch (err) {
+    if (!isQuiesceError(err, "FREEZE_HOOK_FAILED", "VSS_WRITES_RESUMED", "AGENT_COMMAND_FAILED")) throw err;
+    const replied: QuiesceError = err;
+    if ((await fsfreezeStatus(session)) !== "thawed") throw replied;
+    if (replied.code === "VSS_WRITES_RESUMED") return { thawedCount: 0, writesResumed: true };
+    process.stderr.write(`pulumi-quiesce: ${session.target}: the guest is thawed, but the agent reported: ${replied.message}\n`);
+    return { thawedCount: 0, writesResumed: false, hookError: replied };
+  }
+}
+
 /**
  * Thaws after a failed create. Returns the error to throw (the original one when the thaw worked, else one
  * that says loudly the guest may still be frozen) and whether the guest is known to be thawed.
@@ -591,7 +620,7 @@ async function thawAfterFailure(
   const label = targetLabel(target);
   // No abort signal here: the thaw must run even when the caller gave up.
   const thaw = async (s: AgentSession): Promise<FreezeStatus> => {
-    await fsfreezeThaw(s, { timeoutMs: t.thawSeconds * 1000 });
+    await thawReadingErrors(s, t.thawSeconds * 1000);
     return fsfreezeStatus(s);
   };
   try {
@@ -676,13 +705,7 @@ export async function releaseWindow(request: ReleaseRequest, deps: LifecycleDeps
     let thawedCount = 0;
     let writesResumed = false;
     if (agentStatus === "frozen") {
-      try {
-        thawedCount = await fsfreezeThaw(session, { timeoutMs: t.thawSeconds * 1000 });
-      } catch (err) {
-        // Windows: VSS had let writes resume already; the agent cleared its flag anyway (verified below).
-        if (!isQuiesceError(err, "VSS_WRITES_RESUMED")) throw err;
-        writesResumed = true;
-      }
+      ({ thawedCount, writesResumed } = await thawReadingErrors(session, t.thawSeconds * 1000));
       const after = await fsfreezeStatus(session);
       if (after !== "thawed") {
         throw new QuiesceError(
@@ -725,7 +748,7 @@ export async function forceThaw(
   const store = deps.leaseStore ?? leaseStoreFor(target, deps.pool);
   return withSession(target, options.timeouts, deps, options.signal, async (session) => {
     const lease = await store.read(target.socketPath);
-    const thawedCount = await fsfreezeThaw(session, { timeoutMs: t.thawSeconds * 1000 });
+    const { thawedCount } = await thawReadingErrors(session, t.thawSeconds * 1000);
     if ((await fsfreezeStatus(session)) !== "thawed") {
       throw new QuiesceError("FREEZE_MISMATCH", `${targetLabel(target)}: thaw did not thaw the guest`, { target: targetLabel(target) });
     }

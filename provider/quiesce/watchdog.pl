@@ -181,7 +181,7 @@ sub execute {
     die "$command: the agent's reply is not a JSON object\n" unless ref($reply) eq 'HASH';
     if (exists $reply->{error}) {
         my $desc = ref($reply->{error}) eq 'HASH' ? $reply->{error}{desc} : undef;
-        die "$command: " . (defined $desc ? $desc : "(no description)") . "\n";
+        die "$command: the agent replied an error: " . (defined $desc ? $desc : "(no description)") . "\n";
     }
     return $reply->{return};
 }
@@ -250,7 +250,13 @@ sub end_window {
         $agent->sync();
         # Re-read under the agent channel: nobody else can change the guest's freeze meanwhile.
         return 1 unless main::names_window(main::read_json($path), $window_id);
-        my $thawed = $agent->execute("guest-fsfreeze-thaw");
+        # qemu-ga thaws and clears its flag first, then runs the fsfreeze hook with "thaw" (qmp_guest_fsfreeze_thaw);
+        # on Windows it reports that VSS had let the writes resume. So an error reply may come with the guest
+        # thawed: the status below decides (only a transport failure ends this attempt here).
+        my $thawed = eval { $agent->execute("guest-fsfreeze-thaw") };
+        my $thaw_err = $@;
+        die $thaw_err if $thaw_err && $thaw_err !~ /^guest-fsfreeze-thaw: the agent replied an error: /;
+        main::log_line($self->{dir}, "window $window_id: the thaw replied an error, checking the status: $thaw_err") if $thaw_err;
         my $status = $agent->execute("guest-fsfreeze-status");
         # Only a verified thaw ends the window; otherwise the lease stays and the thaw is retried.
         die sprintf("status is %s after the thaw\n", show($status)) if !defined($status) || ref($status) || $status ne "thawed";

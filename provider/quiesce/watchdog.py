@@ -80,6 +80,10 @@ def parse_time(s):
     return calendar.timegm(time.strptime(s, "%Y-%m-%dT%H:%M:%S")) + frac
 
 
+class AgentError(RuntimeError):
+    """The agent answered a command with an error reply (not a transport failure)."""
+
+
 class Agent:
     """A minimal QGA client: 0xFF + guest-sync-delimited, then one command at a time (AGENT-FACTS.md)."""
 
@@ -123,7 +127,7 @@ class Agent:
         self.sock.sendall(json.dumps({"execute": command}).encode() + b"\n")
         reply = json.loads(self._line(time.time() + AGENT_TIMEOUT).decode("utf-8", "replace"))
         if "error" in reply:
-            raise RuntimeError("%s: %s" % (command, reply["error"].get("desc")))
+            raise AgentError("%s: the agent replied an error: %s" % (command, reply["error"].get("desc")))
         return reply.get("return")
 
 
@@ -199,7 +203,14 @@ class Watchdog:
             lease = read_lease(path)
             if not lease or lease.get("windowId") != window_id:
                 return True
-            thawed = agent.execute("guest-fsfreeze-thaw")
+            # qemu-ga thaws and clears its flag first, then runs the fsfreeze hook with "thaw"
+            # (qmp_guest_fsfreeze_thaw); on Windows it reports that VSS had let the writes resume. So an error reply
+            # may come with the guest thawed: the status below decides.
+            try:
+                thawed = agent.execute("guest-fsfreeze-thaw")
+            except AgentError as e:
+                log(self.dir, "window %s: the thaw replied an error, checking the status: %s" % (window_id, e))
+                thawed = None
             status = agent.execute("guest-fsfreeze-status")
             if status != "thawed":
                 log(self.dir, "window %s: thaw returned %r but status is %r; keeping the lease, will retry" % (window_id, thawed, status))

@@ -4,18 +4,17 @@
  * - nothing secret is on a command line: the script and its environment travel on the command's stdin, and the
  *   command line is a fixed wrapper plus a random terminator (issue 14, item 4: `export TOKEN='…'` used to be
  *   visible in /proc/PID/cmdline on the host while the command ran);
- * - the command dies with its channel: the wrapper runs the script in a session of its own (setsid) and keeps
- *   reading stdin; when stdin ends (the client was killed, its SSH connection dropped, it timed out, or it
- *   destroyed the channel), it SIGKILLs the whole process group at once (issue 14, item 5). KILL, not TERM with
+ * - the command dies with its channel: the wrapper leads its own process group and keeps reading stdin; when
+ *   stdin ends (the client was killed, its SSH connection dropped, it timed out, or it destroyed the channel),
+ *   it SIGKILLs the whole process group at once (issue 14, item 5). KILL, not TERM with
  *   a grace period: the client's window is being thawed by then (within ~0.1 s of a disconnect), so a snapshot
  *   command allowed to finish would take an inconsistent snapshot that nobody records.
  *
  * Why a POSIX sh wrapper and not a pty: a pty would also SIGHUP the command when the channel closes, but it
  * merges stdout and stderr (and rewrites newlines), and HostSnapshot reports them apart.
- * Why `setsid`, not `set -m`: dash (Debian's /bin/sh) turns job control off without a terminal, so background
- * jobs would share the wrapper's process group. setsid(1) is util-linux (and busybox) on every Linux host.
- * Measured with dash and bash as sh: a `sleep 300` job is gone within the kill, a normal job's exit code
- * passes through.
+ * Why the wrapper's own group: dash (Debian's /bin/sh) turns job control off without a terminal (`set -m`
+ * fails), and a setsid(1) session for the script races with an end of stdin already waiting (see WRAPPER).
+ * A command that calls setsid or daemonizes itself (systemd-run, at) still escapes, as from any group kill.
  */
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -23,28 +22,36 @@ import { QuiesceError, abortError } from "../errors";
 import { defaultSshPool, shellQuote, type ExecResult, type SshConnectionConfig, type SshPool } from "./ssh";
 
 /**
- * The wrapper, run as `sh -c WRAPPER quiesce-host-command TOKEN`. It reads the script from stdin up to the line
- * TOKEN (a client gone before that runs nothing: exit 125), runs it with stdin from /dev/null in a new session,
- * and watches the rest of stdin. Notes on the sh details, each checked with dash and bash:
+ * The wrapper, run as `sh -c WRAPPER quiesce-host-command TOKEN KILL_AFTER` as the leader of its own process
+ * group: over SSH it is what sshd's session leader (the login shell) execs into, and locally it is spawned
+ * detached. It reads the script from stdin up to the line TOKEN (a client gone before that runs nothing: exit
+ * 125), runs it in the user's login shell (`$SHELL` when POSIX, else sh) with stdin from /dev/null, and
+ * watches the rest of stdin. When stdin ends, the watcher SIGKILLs the whole group: the script and anything it
+ * left behind. That happens when the client is gone, timed out or aborted, and also right after the script's
+ * own exit (the client then ends stdin), so no background leftover outlives the command. With KILL_AFTER > 0
+ * the group is also killed after that many seconds, on the host's own clock: a client cut off by a network
+ * partition can end nothing, and its window is thawed by then. Each sh detail was checked with dash and bash:
  * - a background job's stdin is /dev/null without job control, even with `<&0`, hence the copy on fd 4;
- * - the script reaches the job through a here-document on fd 3 (a pipe or an unlinked temp file), never argv;
- *   its expansion `$s` is not scanned again, so the script's own `$`, quotes and backslashes are safe.
+ * - the script reaches its shell through a here-document on fd 3 read as /dev/fd/3 (a pipe, or an unlinked
+ *   0600 temp file for bash < 5.1), never argv; its expansion `$s` is not scanned again, so the script's own
+ *   `$`, quotes and backslashes are safe;
+ * - the group exists before the script starts, so an end of stdin that is already waiting still kills it
+ *   (with setsid(1) for the script, the watcher could kill an empty group first: 12 of 20 jobs survived);
+ * - the watcher and the timer ignore HUP, INT and TERM, so a signal to the group cannot leave the script alone.
  */
 const WRAPPER = [
   't=$1; s=',
   'while IFS= read -r l; do [ "$l" = "$t" ] && break; s="$s$l',
   '"; done',
   '[ "$l" = "$t" ] || exit 125',
+  'case "${SHELL##*/}" in bash|dash|ksh|mksh|zsh|ash|sh) j=$SHELL ;; *) j=sh ;; esac',
   "exec 4<&0",
-  "setsid sh -c 's=$(cat <&3); exec 3<&-; eval \"$s\"' quiesce-job 3<<QUIESCE_EOF </dev/null 4<&- &",
+  '( trap "" HUP INT TERM; while IFS= read -r l; do :; done; kill -KILL 0 ) <&4 4<&- >/dev/null 2>&1 &',
+  'if [ "${2:-0}" -gt 0 ]; then ( trap "" HUP INT TERM; sleep "$2"; kill -KILL 0 ) </dev/null >/dev/null 2>&1 & fi',
+  '"$j" /dev/fd/3 3<<QUIESCE_EOF </dev/null 4<&- &',
   "$s",
   "QUIESCE_EOF",
-  "p=$!",
-  '( while IFS= read -r l; do :; done; kill -KILL -"$p" ) <&4 4<&- >/dev/null 2>&1 &',
-  "w=$!",
-  'wait "$p"; r=$?',
-  'kill "$w" 2>/dev/null',
-  'exit "$r"',
+  'wait "$!"',
 ].join("\n");
 
 /** A command to run on the host. */
@@ -61,6 +68,11 @@ export interface HostCommand {
   readonly signal?: AbortSignal;
   /** What the command is for, in a few words; names it in errors. Default "host command". */
   readonly purpose?: string;
+  /**
+   * Seconds after which the host kills the command by itself, whatever happens to the client (a network
+   * partition ends no channel). Default 0: no limit on the host (the client's timeout still applies).
+   */
+  readonly killAfterSeconds?: number;
 }
 
 /** Default of {@link HostCommand.timeoutMs}: 1 hour. */
@@ -77,9 +89,13 @@ export function hostCommandPayload(command: HostCommand, token: string): string 
   return [...exports, command.script, token, ""].join("\n");
 }
 
-/** The fixed command line that runs the wrapper (no user data in it). */
-export function hostCommandLine(token: string): string {
-  return `exec sh -c ${shellQuote(WRAPPER)} quiesce-host-command ${token}`;
+/** The fixed command line that runs the wrapper (no user data in it: the token and a number). */
+export function hostCommandLine(token: string, killAfterSeconds = 0): string {
+  return `exec sh -c ${shellQuote(WRAPPER)} quiesce-host-command ${token} ${wholeSeconds(killAfterSeconds)}`;
+}
+
+function wholeSeconds(s: number): number {
+  return Number.isFinite(s) && s > 0 ? Math.ceil(s) : 0;
 }
 
 /**
@@ -98,7 +114,7 @@ export async function runHostCommand(
   const maxOutputBytes = command.maxOutputBytes ?? 65_536;
   const purpose = command.purpose ?? "host command";
   if (connection) {
-    return pool.exec(connection, hostCommandLine(token), {
+    return pool.exec(connection, hostCommandLine(token, command.killAfterSeconds), {
       stdin: payload,
       keepStdinOpen: true,
       timeoutMs,
@@ -107,19 +123,20 @@ export async function runHostCommand(
       purpose,
     });
   }
-  return runLocally(token, payload, { timeoutMs, maxOutputBytes, purpose, signal: command.signal });
+  return runLocally(token, payload, { timeoutMs, maxOutputBytes, purpose, signal: command.signal, killAfterSeconds: wholeSeconds(command.killAfterSeconds ?? 0) });
 }
 
 function runLocally(
   token: string,
   payload: string,
-  o: { timeoutMs: number; maxOutputBytes: number; purpose: string; signal?: AbortSignal },
+  o: { timeoutMs: number; maxOutputBytes: number; purpose: string; signal?: AbortSignal; killAfterSeconds: number },
 ): Promise<ExecResult> {
   const target = "local";
   if (o.signal?.aborted) return Promise.reject(abortError(o.signal, { target }));
   return new Promise<ExecResult>((resolve, reject) => {
     // Same wrapper as over SSH: if this process dies, the pipe to the wrapper's stdin closes and the job is killed.
-    const child = spawn("sh", ["-c", WRAPPER, "quiesce-host-command", token], { stdio: ["pipe", "pipe", "pipe"] });
+    // Detached: the wrapper leads a process group of its own, as under sshd, which a signal to ours never reaches.
+    const child = spawn("sh", ["-c", WRAPPER, "quiesce-host-command", token, String(o.killAfterSeconds)], { stdio: ["pipe", "pipe", "pipe"], detached: true });
     let stdout = "";
     let stderr = "";
     let settled = false;

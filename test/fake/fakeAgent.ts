@@ -113,9 +113,11 @@ export type FakeOs = "linux" | "windows" | "freebsd";
 
 /**
  * A freeze hook (qemu-ga -F) that fails, as qga/commands-posix.c reports it: a non-zero exit, a signal, a hook
- * that cannot be run, or one that never returns (qemu-ga waits for it with no timeout).
+ * that cannot be run (which fails the thaw too), one that never returns (qemu-ga waits for it with no timeout),
+ * or one that fails only when called with "thaw". qemu-ga runs the thaw hook after thawing and clearing its
+ * flag (qmp_guest_fsfreeze_thaw), so a failing thaw hook fails the reply of a thaw that happened.
  */
-export type FakeHook = "fail" | "abnormal" | "missing" | "hang";
+export type FakeHook = "fail" | "abnormal" | "missing" | "hang" | "fail-on-thaw";
 
 const ALLOWED_WHILE_FROZEN = new Set([
   "guest-ping",
@@ -442,7 +444,7 @@ export class FakeAgent {
           await new Promise<void>((resolve) => (this.hookExits = resolve));
           this.hook = undefined;
         }
-        if (this.hook) {
+        if (this.hook && this.hook !== "fail-on-thaw") {
           this.error(
             "GenericError",
             this.hook === "fail"
@@ -493,6 +495,13 @@ export class FakeAgent {
         const n = this.frozen.size;
         this.frozen.clear();
         clearTimeout(this.vssTimer);
+        if (this.hook === "missing" || this.hook === "fail-on-thaw") {
+          this.error(
+            "GenericError",
+            this.hook === "missing" ? "can't access fsfreeze hook '/etc/qemu/fsfreeze-hook': No such file or directory" : "fsfreeze hook has failed with status 2",
+          );
+          return;
+        }
         if (this.os === "windows" && this.writesResumed && n > 0) {
           // The flag is cleared anyway; the thaw reports that writes had resumed.
           this.writesResumed = false;

@@ -128,6 +128,30 @@ describe("freeze hooks (qemu-ga -F)", () => {
     expect(await lease()).toBeUndefined();
   });
 
+  test("a hook that fails on thaw fails the reply of a thaw that happened: release, and the watchdog, still end the window", async () => {
+    await start({ hook: "fail-on-thaw" });
+    const w = await createWindow({ target, mountpoints: ["/data"] });
+    expect(agent.status).toBe("frozen");
+    const r = await releaseWindow({ target, windowId: w.windowId });
+    expect(r.outcome).toBe("released");
+    expect(agent.status).toBe("thawed");
+    expect(await lease()).toBeUndefined();
+    // The watchdog's thaw at the deadline meets the same error reply, and still removes the lease.
+    const short = await createWindow({ target, mountpoints: ["/data"], maxDurationSeconds: 1, thawOnDisconnect: false });
+    const deadline = Date.now() + 20_000;
+    while ((await lease()) !== undefined && Date.now() < deadline) await new Promise((res) => setTimeout(res, 100));
+    expect(await lease()).toBeUndefined();
+    expect(agent.status).toBe("thawed");
+    expect((await windowStatus(target, { windowId: short.windowId })).state).toBe("expired");
+  }, 30_000);
+
+  test("a missing hook fails the freeze and the thaw after it, yet crash-consistent falls back: the guest is verified thawed", async () => {
+    await start({ hook: "missing" });
+    const w = await createWindow({ target, mountpoints: ["/data"], onQuiesceFailure: "crash-consistent" });
+    expect(w.consistency).toBe("crash");
+    expect(w.consistencyReason).toMatch(/^FREEZE_HOOK_FAILED/);
+  });
+
   test("a hanging hook: the freeze times out saying a hook may hang, and the guest is thawed once the agent answers", async () => {
     await start({ hook: "hang" });
     const err = await failure(createWindow({ target, mountpoints: ["/data"], timeouts: { agentSeconds: 1, freezeSeconds: 1, thawSeconds: 1 } }));

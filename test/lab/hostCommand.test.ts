@@ -140,6 +140,34 @@ describe.each(where)("%s", (label, connection) => {
       client.kill("SIGKILL");
     }
   });
+
+  test("what the script leaves in the background dies with it, and the call returns when the script does", async () => {
+    const marker = path.join(tmp, `leftover-${randomBytes(4).toString("hex")}`);
+    const started = Date.now();
+    const r = await runHostCommand(connection(), { script: `sleep 300 & echo $! > ${marker}; echo done`, timeoutMs: 60_000 }, pool);
+    expect(r).toMatchObject({ code: 0, stdout: "done\n" });
+    expect(Date.now() - started).toBeLessThan(30_000); // not the sleep, nor the timeout
+    await gone(Number(fs.readFileSync(marker, "utf8")), 10_000, `${label}, background leftover after the script's exit`);
+  });
+
+  test("killAfterSeconds: the host kills the command by itself, the channel still open", async () => {
+    const marker = path.join(tmp, `bounded-${randomBytes(4).toString("hex")}`);
+    const r = await runHostCommand(connection(), { script: longRunning(marker), killAfterSeconds: 1, timeoutMs: 60_000 }, pool);
+    expect(r.code).toBeNull(); // killed by a signal
+    await gone(Number(fs.readFileSync(marker, "utf8")), 10_000, `${label}, killAfterSeconds 1`);
+  });
+});
+
+test("an end of stdin already waiting when the script starts still kills it (no race with a new process group)", async () => {
+  // The client sent everything and was gone at once: stdin is at EOF before the script even starts.
+  const marker = path.join(tmp, "eof-race");
+  const { hostCommandLine } = await import("../../provider/transport/hostCommand");
+  for (let i = 0; i < 10; i++) {
+    const r = await pool.exec(ssh(), hostCommandLine(`QUIESCE-END-race${i}`), { stdin: `sleep 1; touch ${marker}\nQUIESCE-END-race${i}\n` });
+    expect(r.code).toBeNull();
+  }
+  await new Promise((r) => setTimeout(r, 1_500));
+  expect(fs.existsSync(marker)).toBe(false);
 });
 
 test("a client gone before the whole script arrived runs nothing", async () => {
