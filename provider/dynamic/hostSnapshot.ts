@@ -10,7 +10,7 @@ import type { ExecResult } from "../transport/ssh";
 import { leaseHeld, windowStatus, type Consistency, type Timeouts } from "../quiesce/lifecycle";
 import { validateHostSnapshotInputs, type InputFailure } from "../quiesce/validate";
 import { ruleMethods, type ResourceRules } from "./rules";
-import { target } from "./window";
+import { target } from "./shared";
 
 /** Provider id. */
 type Id = string;

@@ -7,7 +7,7 @@ import type { SshConnectionConfig } from "../transport/ssh";
 import { releaseWindow, type Consistency, type Timeouts } from "../quiesce/lifecycle";
 import { validateReleaseInputs, type InputFailure } from "../quiesce/validate";
 import { ruleMethods, type ResourceRules } from "./rules";
-import { describeOutcome, target } from "./window";
+import { describeOutcome, target } from "./shared";
 
 /** Provider id. */
 type Id = string;

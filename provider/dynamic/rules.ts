@@ -98,7 +98,9 @@ function stripPaths(value: unknown, key: string, paths: readonly string[], defau
 }
 
 /** Update by the rule: the new inputs, plus this resource's outputs from the old state. */
-export function updateByRules<T>(rules: ResourceRules, olds: Readonly<Record<string, unknown>>, news: Readonly<Record<string, unknown>>): T {
+export function updateByRules<T>(rules: ResourceRules, olds: Readonly<Record<string, unknown>>, newProps: Readonly<Record<string, unknown>>): T {
+  // Derived inputs stay derived (a Proxmox window keeps the socket path its releases and snapshots reach).
+  const news = rules.normalize ? rules.normalize(newProps) : newProps;
   const outs: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(news)) if (!NOT_INPUTS.has(k) && v !== undefined) outs[k] = v;
   for (const k of rules.outputs) if (olds[k] !== undefined) outs[k] = olds[k];

@@ -11,7 +11,6 @@
  * - delete: thaw only if owned; "already thawed / expired / another's" succeeds without touching the guest;
  *   an unreachable host fails, so the resource stays in state.
  */
-import { QuiesceError } from "../errors";
 import type { GuestFilesystem } from "../agent/commands";
 import type { SshConnectionConfig } from "../transport/ssh";
 import {
@@ -19,7 +18,6 @@ import {
   releaseWindow,
   windowStatus,
   proxmoxSocketPath,
-  type AgentTarget,
   type Consistency,
   type OnQuiesceFailure,
   type Timeouts,
@@ -30,6 +28,15 @@ import { validateWindowInputs, type InputFailure } from "../quiesce/validate";
 import { diskBusTarget, diskPciAddress } from "../quiesce/plan";
 import { DEFAULT_LEASE_DIR } from "../quiesce/lease";
 import { ruleMethods, type ResourceRules } from "./rules";
+import { describeOutcome, note, target } from "./shared";
+
+export { describeOutcome, note, socketPathOf, target } from "./shared";
+/**
+ * The names the serialized providers of 0.1.0 call on this module (their `__provider` text stays in state until
+ * the resource changes, and delete runs it): kept so that an upgrade never strands a stack.
+ */
+export { checkRelease, createRelease } from "./release";
+export { checkHostSnapshot, createHostSnapshot, deleteHostSnapshot, runOnHost } from "./hostSnapshot";
 
 /** QuiesceWindow inputs as the provider receives them (plain values). */
 export interface WindowInputs {
@@ -88,18 +95,6 @@ export interface WindowOutputs extends WindowInputs {
 /** Provider id: the window id. */
 type Id = string;
 
-/** The agent socket of a window's guest: `socketPath`, or the Proxmox VMID's socket. */
-export function socketPathOf(inputs: Pick<WindowInputs, "socketPath" | "proxmox">): string {
-  if (inputs.socketPath) return inputs.socketPath;
-  if (inputs.proxmox) return proxmoxSocketPath(inputs.proxmox.vmid);
-  throw new QuiesceError("INVALID_INPUT", "a target is required: socketPath, or proxmox.vmid", { field: "socketPath" });
-}
-
-/** Where a window's guest is, from the inputs of any resource that acts on it. */
-export function target(inputs: Pick<WindowInputs, "connection" | "socketPath" | "proxmox" | "leaseDir">): AgentTarget {
-  return { connection: inputs.connection, socketPath: socketPathOf(inputs), leaseDir: inputs.leaseDir };
-}
-
 /** Summarises fsinfo for the `filesystems` output. */
 export function summarizeFilesystems(filesystems: readonly GuestFilesystem[]): FilesystemSummary[] {
   return filesystems.map((f) => ({
@@ -118,11 +113,6 @@ export function summarizeFilesystems(filesystems: readonly GuestFilesystem[]): F
       };
     }),
   }));
-}
-
-/** Writes a diagnostic line to stderr (shown by the engine with the resource's output). */
-export function note(message: string): void {
-  process.stderr.write(`pulumi-quiesce: ${message}\n`);
 }
 
 // ---- QuiesceWindow ------------------------------------------------------------------------------
@@ -228,29 +218,5 @@ export async function deleteWindow(id: Id, props: WindowOutputs): Promise<void> 
   // A VM deleted before the stack must not make the stack undeletable: a missing socket reports vm-gone.
   const r = await releaseWindow({ target: target(props), windowId: id, timeouts: props.timeouts, vanishedSocket: "vm-gone" });
   if (r.outcome !== "released") note(`window ${id}: nothing to thaw (${describeOutcome(r.outcome, r.lease?.owner)})`);
-}
-
-/** Why a release or delete touched nothing, in words. */
-export function describeOutcome(outcome: string, leaseOwner: string | undefined): string {
-  switch (outcome) {
-    case "not-held":
-      return "the guest is thawed and holds no lease of this window: already released, or thawed at its deadline";
-    case "thawed-outside":
-      return "the lease was this window's but the guest was thawed by someone else, or rebooted";
-    case "other-window":
-      return `the guest's freeze belongs to another window (${leaseOwner ?? "unknown owner"}); it was left alone`;
-    case "frozen-outside":
-      return "the guest is frozen by something outside pulumi-quiesce; it was left alone";
-    case "expired":
-      return "the window's lease deadline passed and the guest was thawed then (by the watchdog, or now)";
-    case "already-released":
-      return "the window had already been released by its owner";
-    case "disconnected":
-      return "the process that held the window went away and the watchdog thawed the guest (thawOnDisconnect)";
-    case "vm-gone":
-      return "the guest agent's socket no longer exists on the host: the VM stopped or was deleted, which ended the freeze";
-    default:
-      return outcome;
-  }
 }
 

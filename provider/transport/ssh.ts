@@ -103,15 +103,18 @@ export function shellQuote(value: string): string {
  * - `socket`, `not-socket`: what is at the path;
  * - `missing`: proven absent: the deepest existing ancestor of the path is a directory this user can search,
  *   so the next component does not exist (ENOENT, not EACCES);
- * - `no-access`: this user cannot tell: an ancestor is not searchable, or the path is a dangling or unreadable
- *   symbolic link. `[ -e ]` alone says "no" in both cases, and "missing" is what lets a caller conclude that
- *   the VM is gone (and remove its lease), so it must only mean absent.
+ * - `no-access`: this user cannot tell: an ancestor is not searchable, or the path is a symbolic link this
+ *   user cannot resolve (a dangling link it can resolve is judged by its target). `[ -e ]` alone says "no" in
+ *   both cases, and "missing" is what lets a caller conclude that the VM is gone (and remove its lease), so
+ *   it must only mean absent.
  */
 export function socketProbeCommand(socketPath: string): string {
   const p = shellQuote(socketPath);
+  // A dangling link is judged by where it points (one level: a chain of dangling links is rare).
   return (
-    `p=${p}; if [ -S "$p" ]; then echo socket; elif [ -e "$p" ]; then echo not-socket; ` +
-    `elif [ -L "$p" ]; then echo no-access; else d=$p; ` +
+    `p=${p}; case $p in /*) ;; *) echo no-access; exit 0 ;; esac; ` +
+    `if [ -S "$p" ]; then echo socket; elif [ -e "$p" ]; then echo not-socket; else ` +
+    `if [ -L "$p" ]; then t=$(readlink -- "$p") || { echo no-access; exit 0; }; case $t in /*) p=$t ;; *) p=\${p%/*}/$t ;; esac; fi; d=$p; ` +
     `while :; do d=\${d%/*}; [ -n "$d" ] || d=/; [ -e "$d" ] && break; [ "$d" = / ] && break; done; ` +
     `if [ -d "$d" ] && [ -x "$d" ]; then echo missing; else echo no-access; fi; fi`
   );

@@ -44,10 +44,14 @@ test.each([
   ["in a directory that is itself gone (the VM's directory was removed)", "open/vm1/qga.sock", "missing"],
   ["in a directory this user cannot search", "closed/qga.sock", "no-access"],
   ["below a directory this user cannot search", "closed/vm1/qga.sock", "no-access"],
-  ["a dangling symbolic link", "open/dangling.sock", "no-access"],
+  ["a dangling symbolic link into a searchable place", "open/dangling.sock", "missing"],
   ["a symbolic link into a directory this user cannot search", "open/into-closed.sock", "no-access"],
 ])("%s (%s) → %s", (_what, rel, expected) => {
   expect(probeAsNobody(path.join(root, rel))).toBe(expected);
+});
+
+test("a relative path is never judged missing (and never loops)", () => {
+  expect(probeAsNobody("relative/qga.sock")).toBe("no-access");
 });
 
 test("the path reaches the shell quoted, never as code", () => {
