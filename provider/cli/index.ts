@@ -293,6 +293,17 @@ export function buildProgram(): Command {
         const status = await windowStatus(target, { timeouts: timeouts(o) });
         const lease = status.lease;
         if (!lease) {
+          // The window named ended before this thaw (its deadline, or its holder gone): a pipeline's
+          // freeze → snapshot → thaw must learn that its snapshot may not be consistent.
+          const ended = status.ended;
+          if (o.window && ended?.windowId === o.window && ended.how !== "released") {
+            throw new QuiesceError(
+              "LEASE_EXPIRED",
+              `${targetLabel(target)}: window ${o.window} had already ended (${ended.how} at ${ended.at}) before this thaw: ` +
+                "the guest was thawed then, so a snapshot taken after that is NOT CONSISTENT. Use a longer --ttl.",
+              { windowId: o.window, how: ended.how },
+            );
+          }
           if (status.agentStatus === "frozen") {
             throw new QuiesceError("NOT_OWNER", `${targetLabel(target)}: the guest is frozen outside pulumi-quiesce (no lease). Refusing; use --force if you are sure.`, {});
           }

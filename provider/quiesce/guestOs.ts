@@ -81,3 +81,11 @@ export function freezeListArgument(profile: GuestOsProfile, fs: GuestFilesystem)
   if (profile.kind === "windows" && !/^[A-Za-z]:\\/.test(fs.mountpoint)) return fs.name;
   return fs.mountpoint;
 }
+
+/**
+ * Whether fsinfo reads as a Windows guest's: drive mount points (`C:\\`) or volume GUID names. For an agent whose
+ * guest-get-osinfo is blocked, so that VSS's 10 s limit is never missed for want of an OS name.
+ */
+export function looksLikeWindows(filesystems: readonly GuestFilesystem[]): boolean {
+  return filesystems.some((f) => /^[A-Za-z]:\\/.test(f.mountpoint) || f.name.startsWith("\\\\?\\Volume{"));
+}

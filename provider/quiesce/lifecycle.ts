@@ -25,8 +25,8 @@ import { dialerFor } from "../transport/index";
 import { defaultSshPool, type SshConnectionConfig, type SshPool } from "../transport/ssh";
 import { DEFAULT_LEASE_DIR, LocalLeaseStore, SftpLeaseStore, leaseFileName, type EndedRecord, type LeaseRecord, type LeaseStore } from "./lease";
 import { ensureWatchdog, heldHere, holdWindow, type WatchdogHold } from "./watchdog";
-import { planFreeze, type Selection } from "./plan";
-import { guestOsProfile, LINUX, type GuestOsKind, type GuestOsProfile } from "./guestOs";
+import { planFreeze, planWithoutFsinfo, type Selection } from "./plan";
+import { guestOsProfile, LINUX, looksLikeWindows, WINDOWS, type GuestOsKind, type GuestOsProfile } from "./guestOs";
 
 /** Where the guest agent is. */
 export interface AgentTarget {
@@ -374,6 +374,21 @@ export async function createWindow(request: CreateWindowRequest, deps: Lifecycle
     return await freezeWindow(request, deps, windowId, owner);
   } catch (err) {
     if ((request.onQuiesceFailure ?? "fail") !== "crash-consistent" || !quiesceFailureFallsBack(err)) throw err;
+    // A guest another window holds is never "cannot be frozen" (its agent may merely have stopped answering).
+    // A lease that cannot be read does not fall back either: the original failure stands.
+    let held: LeaseRecord | undefined;
+    try {
+      held = await (deps.leaseStore ?? leaseStoreFor(request.target, deps.pool)).read(request.target.socketPath);
+    } catch (readErr) {
+      const failure = err as QuiesceError; // quiesceFailureFallsBack accepts only QuiesceErrors
+      throw new QuiesceError(
+        failure.code,
+        `${failure.message} No crash-consistent fallback: the lease, which says whether another window holds the guest, could not be read (${(readErr as Error).message}).`,
+        failure.fields,
+        { cause: new AggregateError([err, readErr], "quiesce failure, then lease read failure") },
+      );
+    }
+    if (held && held.windowId !== windowId) throw err;
     // The callers say it loudly (the CLI's progress, the provider's note); the result carries the reason.
     const reason = (err as Error).message;
     return {
@@ -451,11 +466,19 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
     requireEnabled(["guest-fsfreeze-status", "guest-fsfreeze-thaw", "guest-get-fsinfo"]);
     // 3. What kind of agent this is: Windows (VSS) and FreeBSD freeze differently (./guestOs.ts). Agents
     //    without guest-get-osinfo (before 2.10) are POSIX.
-    const os = info.commands.some((c) => c.name === "guest-get-osinfo" && c.enabled) ? guestOsProfile(await getOsinfo(session, { signal })) : LINUX;
+    const reported = info.commands.some((c) => c.name === "guest-get-osinfo" && c.enabled) ? guestOsProfile(await getOsinfo(session, { signal })) : LINUX;
+    // 4. Resolve the selection before freezing: fsinfo is refused once frozen. qemu-ga on FreeBSD lists
+    //    guest-get-fsinfo as enabled but answers it "unsupported" (qga/commands-bsd.c): plan without it there.
+    let filesystems: GuestFilesystem[] | undefined;
+    try {
+      filesystems = await getFsinfo(session, { signal });
+    } catch (err) {
+      if (reported.kind !== "freebsd" || !isQuiesceError(err, "AGENT_COMMAND_FAILED")) throw err;
+    }
+    // A Windows agent whose guest-get-osinfo is blocked still lists its volumes as Windows does.
+    const os = reported === LINUX && filesystems && looksLikeWindows(filesystems) ? WINDOWS : reported;
     const maxDurationSeconds = leaseSeconds(request, os, label);
-    // 4. Resolve the selection before freezing: fsinfo is refused once frozen.
-    const filesystems = await getFsinfo(session, { signal });
-    const plan = planFreeze(request, filesystems, label, os);
+    const plan = filesystems ? planFreeze(request, filesystems, label, os) : planWithoutFsinfo(request, label, os);
     if (plan.mountpoints.length === 0) {
       throw new QuiesceError("UNKNOWN_MOUNTPOINT", `${label}: the guest agent reports no filesystems to freeze. Nothing was frozen.`, { target: label });
     }
@@ -534,10 +557,14 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
         throw new QuiesceError(
           "FREEZE_MISMATCH",
           `${label}: asked to freeze ${plan.mountpoints.join(", ")} (${plan.expectedCount} device(s)) but the agent ` +
-            `froze ${count} and reports "${status}". The guest was thawed. The agent skips, without a word, a filesystem ` +
-            "that cannot be frozen (FIFREEZE: EOPNOTSUPP, e.g. a FUSE or vfat mount) or one it already froze through " +
-            "another mount point: select mountpoints explicitly, and check the guest's mounts and the agent's log.",
-          { target: label, expected: plan.expectedCount, got: count, status },
+            `froze ${count} and reports "${status}". The guest was thawed. ` +
+            (os.kind === "freebsd"
+              ? "qemu-ga on FreeBSD freezes UFS only and skips, without a word, a ZFS (or any other) mount point and one that " +
+                "does not exist; it cannot list the guest's filesystems to check first. Select only UFS mount points."
+              : "The agent skips, without a word, a filesystem that cannot be frozen (FIFREEZE: EOPNOTSUPP, e.g. a FUSE or " +
+                "vfat mount) or one it already froze through another mount point: select mountpoints explicitly, and " +
+                "check the guest's mounts and the agent's log."),
+          { target: label, expected: plan.expectedCount, got: count, status, guestOs: os.kind },
         );
       }
     } catch (err) {
@@ -551,7 +578,7 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
       frozenAt: lease.frozenAt,
       expiresAt: lease.expiresAt,
       agentVersion: info.version,
-      filesystems,
+      filesystems: filesystems ?? [],
       freezeMs,
       consistency: "filesystem",
       guestOs: os.kind,

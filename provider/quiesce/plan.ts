@@ -63,12 +63,14 @@ function diskMatches(disk: GuestDisk, wanted: string): boolean {
 
 /**
  * One disk's identity across the filesystems it backs (two partitions of one disk list it twice): its
- * controller's PCI address and bus target when the agent reports the address, else its bus target, device
- * node and serial.
+ * controller's PCI address and bus target when the agent reports the address, else its serial, else its bus
+ * target and device node.
  */
 function diskIdentity(disk: GuestDisk): string {
   const pci = diskPciAddress(disk);
-  return pci ? `${pci}|${diskBusTarget(disk)}` : [diskBusTarget(disk), disk.dev ?? "", disk.serial ?? ""].join("|");
+  if (pci) return `pci:${pci}|${diskBusTarget(disk)}`;
+  // Without an address, a serial names the disk (each partition of it reports its own device node).
+  return disk.serial ? `serial:${disk.serial}` : [diskBusTarget(disk), disk.dev ?? ""].join("|");
 }
 
 /** A disk in words: `serial=qdata1 dev=/dev/vda virtio:0:0:0 pci:0000:00:05.0`. */
@@ -180,4 +182,25 @@ export function planFreeze(selection: Selection, filesystems: readonly GuestFile
     expectedCount: distinctDevices(selectedFilesystems),
     skipped: [],
   };
+}
+
+/**
+ * The plan when the agent cannot list filesystems (qemu-ga on FreeBSD answers guest-get-fsinfo "unsupported").
+ * Only named mount points can be frozen then; the count the agent returns is all that tells whether each was
+ * really frozen, so it must equal the number named (a ZFS mount, or one that does not exist, comes up short and
+ * the freeze is thawed). Everything, and disks, cannot be resolved: refused before anything is frozen.
+ * @throws QuiesceError FSINFO_UNAVAILABLE
+ */
+export function planWithoutFsinfo(selection: Selection, target: string, os: GuestOsProfile): FreezePlan {
+  const mountpoints = [...new Set(selection.mountpoints ?? [])].sort();
+  if ((selection.disks ?? []).length > 0 || mountpoints.length === 0) {
+    throw new QuiesceError(
+      "FSINFO_UNAVAILABLE",
+      `${target}: the guest agent cannot list its filesystems (guest-get-fsinfo is unsupported by qemu-ga on ${os.kind}), ` +
+        `so ${mountpoints.length === 0 && (selection.disks ?? []).length === 0 ? "\"every filesystem\"" : "disks"} cannot be resolved, and ` +
+        "it freezes UFS only, skipping anything else without a word. Nothing was frozen. Name the UFS mount points to freeze (mountpoints / --mountpoint).",
+      { target, guestOs: os.kind },
+    );
+  }
+  return { all: false, everything: false, mountpoints, listArguments: mountpoints, filesystems: [], expectedCount: mountpoints.length, skipped: [] };
 }

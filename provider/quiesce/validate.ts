@@ -214,7 +214,8 @@ export function validateHostSnapshotInputs(inputs: Record<string, unknown>): Inp
         if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
           failures.push({ property: `environment.${name}`, reason: `environment variable name ${JSON.stringify(name)} is not a shell identifier` });
         } else if (!unknown(value) && typeof value !== "string") {
-          failures.push({ property: `environment.${name}`, reason: `environment.${name} must be a string; got ${JSON.stringify(value)}` });
+          // The value may be a secret: say only what type it is.
+          failures.push({ property: `environment.${name}`, reason: `environment.${name} must be a string; got a ${value === null ? "null" : Array.isArray(value) ? "list" : typeof value}` });
         }
       }
     }

@@ -154,6 +154,11 @@ export interface FakeAgentOptions {
   hook?: FakeHook;
   /** Windows: milliseconds VSS holds writes before it lets them resume (default 10 000, as VSS). */
   vssHoldLimitMs?: number;
+  /**
+   * FreeBSD: answer guest-get-fsinfo (default false: qemu-ga on FreeBSD lists it as enabled but answers
+   * "unsupported", qga/commands-bsd.c; true models an agent that implements it).
+   */
+  bsdFsinfo?: boolean;
 }
 
 /** A running fake agent. */
@@ -165,6 +170,7 @@ export class FakeAgent {
   readonly os: FakeOs;
   hook: FakeHook | undefined;
   readonly vssHoldLimitMs: number;
+  readonly bsdFsinfo: boolean;
   /** Windows: VSS let the writes resume while the agent still says frozen. */
   writesResumed = false;
   private vssTimer: NodeJS.Timeout | undefined;
@@ -192,6 +198,7 @@ export class FakeAgent {
     this.os = options.os ?? "linux";
     this.hook = options.hook;
     this.vssHoldLimitMs = options.vssHoldLimitMs ?? 10_000;
+    this.bsdFsinfo = options.bsdFsinfo ?? false;
     this.filesystems = options.filesystems ?? (this.os === "windows" ? windowsFilesystems() : this.os === "freebsd" ? freebsdFilesystems() : defaultFilesystems());
     this.faults = options.faults ?? {};
     this.blockedCommands = new Set(options.blockedCommands ?? []);
@@ -404,6 +411,10 @@ export class FakeAgent {
         });
         return;
       case "guest-get-fsinfo":
+        if (this.os === "freebsd" && !this.bsdFsinfo) {
+          this.error("GenericError", "this feature or command is not currently supported"); // QERR_UNSUPPORTED
+          return;
+        }
         this.reply({
           return: this.filesystems.map(({ disks, ...rest }) => ({
             ...rest,

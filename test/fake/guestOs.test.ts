@@ -169,8 +169,30 @@ describe("freeze hooks (qemu-ga -F)", () => {
 });
 
 describe("FreeBSD (UFS only)", () => {
-  test("everything leaves ZFS out; selecting a ZFS mount fails before freezing", async () => {
+  test("the real agent cannot list filesystems: everything is refused before freezing; named UFS mounts freeze", async () => {
     await start({ os: "freebsd" });
+    const all = await failure(createWindow({ target }));
+    expect(all.code).toBe("FSINFO_UNAVAILABLE");
+    expect(all.message).toMatch(/guest-get-fsinfo is unsupported.*freezes UFS only.*Nothing was frozen/s);
+    expect(freezeCommands()).toEqual([]);
+    const w = await createWindow({ target, mountpoints: ["/"] });
+    expect(w).toMatchObject({ guestOs: "freebsd", frozenMountpoints: ["/"], frozenCount: 1, filesystems: [] });
+    await releaseWindow({ target, windowId: w.windowId });
+  });
+
+  test("a ZFS mount named without fsinfo comes up short in the count: the freeze is thawed and the error says why", async () => {
+    await start({ os: "freebsd" });
+    for (const mountpoints of [["/data"], ["/", "/data"], ["/nope"]]) {
+      const err = await failure(createWindow({ target, mountpoints }));
+      expect(err.code).toBe("FREEZE_MISMATCH");
+      expect(err.message).toMatch(/FreeBSD freezes UFS only/);
+      expect(agent.status).toBe("thawed");
+      expect(await lease()).toBeUndefined();
+    }
+  });
+
+  test("an agent that does list filesystems: everything leaves ZFS out; selecting a ZFS mount fails before freezing", async () => {
+    await start({ os: "freebsd", bsdFsinfo: true });
     const w = await createWindow({ target });
     expect(w).toMatchObject({ guestOs: "freebsd", frozenMountpoints: ["/"], frozenCount: 1 });
     await releaseWindow({ target, windowId: w.windowId });
@@ -178,6 +200,16 @@ describe("FreeBSD (UFS only)", () => {
     expect(err.code).toBe("NOT_FREEZABLE");
     expect(err.message).toMatch(/suspends only UFS/);
     expect(freezeCommands()).toEqual(["guest-fsfreeze-freeze"]);
+  });
+});
+
+describe("Windows with guest-get-osinfo blocked", () => {
+  test("its volumes still read as Windows: VSS's 10 s lease applies", async () => {
+    await start({ os: "windows", blockedCommands: ["guest-get-osinfo"] });
+    const w = await createWindow({ target, mountpoints: ["C:\\"] });
+    expect(w.guestOs).toBe("windows");
+    expect(Date.parse(w.expiresAt) - Date.parse(w.frozenAt)).toBe(10_000);
+    await releaseWindow({ target, windowId: w.windowId });
   });
 });
 
@@ -203,6 +235,16 @@ describe("onQuiesceFailure: crash-consistent", () => {
     await start({});
     const held = await createWindow({ target, mountpoints: ["/data"] });
     expect((await failure(createWindow({ target, mountpoints: ["/data2"], onQuiesceFailure: "crash-consistent" }))).code).toBe("ALREADY_FROZEN");
+    await releaseWindow({ target, windowId: held.windowId });
+  });
+
+  test("a silent agent whose guest another window holds does not fall back", async () => {
+    await start({});
+    const held = await createWindow({ target, mountpoints: ["/data"] });
+    agent.faults.silent = true;
+    const err = await failure(createWindow({ target, mountpoints: ["/data2"], onQuiesceFailure: "crash-consistent", timeouts: { agentSeconds: 0.5 } }));
+    expect(err.code).toBe("AGENT_TIMEOUT");
+    agent.resume();
     await releaseWindow({ target, windowId: held.windowId });
   });
 
@@ -261,6 +303,15 @@ describe("the CLI against each mode", () => {
     expect(ran).toMatchObject({ code: 0, json: { ok: true, frozenMountpoints: ["C:\\"], consistency: "filesystem", outcome: "released" } });
   });
 
+  test("thaw --window of a window that already ended at its deadline fails: its snapshot may not be consistent", async () => {
+    await start({});
+    const frozen = await quiesce(["freeze", ...local(), "--mountpoint", "/data", "--ttl", "1"]);
+    const deadline = Date.now() + 20_000;
+    while ((await lease()) !== undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    const thawed = await quiesce(["thaw", ...local(), "--window", frozen.json.windowId as string]);
+    expect(thawed).toMatchObject({ code: 1, json: { ok: false, error: { code: "LEASE_EXPIRED", fields: { how: "expired" } } } });
+  }, 30_000);
+
   test("windows: a thaw that finds the writes resumed fails with VSS_WRITES_RESUMED (the guest is thawed)", async () => {
     await start({ os: "windows", vssHoldLimitMs: 200 });
     const frozen = await quiesce(["freeze", ...local(), "--mountpoint", "D:\\", "--ttl", "5"]);
@@ -272,7 +323,8 @@ describe("the CLI against each mode", () => {
 
   test("freebsd: freeze everything freezes UFS only; a hook failure has its own code, and crash-consistent goes on", async () => {
     await start({ os: "freebsd" });
-    const frozen = await quiesce(["freeze", ...local()]);
+    expect((await quiesce(["freeze", ...local()])).json).toMatchObject({ ok: false, error: { code: "FSINFO_UNAVAILABLE" } });
+    const frozen = await quiesce(["freeze", ...local(), "--mountpoint", "/"]);
     expect(frozen.json).toMatchObject({ ok: true, frozenMountpoints: ["/"], guestOs: "freebsd", consistency: "filesystem" });
     expect((await quiesce(["thaw", ...local(), "--window", frozen.json.windowId as string])).json).toMatchObject({ ok: true, outcome: "released" });
 
