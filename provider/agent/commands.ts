@@ -86,6 +86,8 @@ export interface GuestOsInfo {
   readonly id?: string;
   /** The kernel's release (`uname -r` on POSIX guests). */
   readonly kernelRelease?: string;
+  /** The kernel's version (`uname -v` on POSIX guests: `FreeBSD 14.1-RELEASE ...` on FreeBSD). */
+  readonly kernelVersion?: string;
   /** A name for people, e.g. `Debian GNU/Linux 12 (bookworm)` or `Microsoft Windows Server 2022`. */
   readonly prettyName?: string;
 }
@@ -101,6 +103,7 @@ export async function getOsinfo(session: AgentSession, options?: ExecuteOptions)
   return {
     ...(text("id") !== undefined ? { id: text("id") } : {}),
     ...(text("kernel-release") !== undefined ? { kernelRelease: text("kernel-release") } : {}),
+    ...(text("kernel-version") !== undefined ? { kernelVersion: text("kernel-version") } : {}),
     ...(text("pretty-name") !== undefined ? { prettyName: text("pretty-name") } : {}),
   };
 }

@@ -339,7 +339,8 @@ export function buildProgram(): Command {
             { windowId: lease.windowId, heldMs: r.heldMs },
           );
         }
-        return { result: { windowId: lease.windowId, outcome: r.outcome, heldMs: r.heldMs, thawedCount: r.thawedCount }, human: r.outcome };
+        if (r.thawWarning) progress(`the guest was thawed, but: ${r.thawWarning}`);
+        return { result: { windowId: lease.windowId, outcome: r.outcome, heldMs: r.heldMs, thawedCount: r.thawedCount, ...(r.thawWarning ? { warning: r.thawWarning } : {}) }, human: r.outcome };
       }),
     );
 
@@ -370,7 +371,7 @@ export function buildProgram(): Command {
         }
         const commandMs = Date.now() - started;
         // A crash-consistent window froze nothing and holds no lease: there is nothing to release.
-        const r: Pick<ReleaseResult, "outcome" | "heldMs" | "writesResumed"> = crash
+        const r: Pick<ReleaseResult, "outcome" | "heldMs" | "writesResumed" | "thawWarning"> = crash
           ? { outcome: "not-held" }
           : await releaseWindow({ target, windowId: w.windowId, timeouts: timeouts(o) });
         if (!crash) progress(`released: ${r.outcome}, held ${r.heldMs ?? 0} ms`);
@@ -390,6 +391,7 @@ export function buildProgram(): Command {
           consistency: crash || expired ? "crash" : "filesystem",
           ...(crash ? { consistencyReason: w.consistencyReason } : {}),
           ...(r.writesResumed ? { writesResumed: true } : {}),
+          ...(r.thawWarning ? { warning: r.thawWarning } : {}),
           stdout: ran?.stdout ?? "",
         };
         if (expired) progress(`the window ended (${r.outcome}) before the command did: the snapshot may be inconsistent`);

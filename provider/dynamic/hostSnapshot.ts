@@ -103,15 +103,22 @@ function notHeld(inputs: HostSnapshotInputs, when: string, state: string, conseq
 }
 
 /** Runs the create command; a non-zero exit fails with the last lines of its stderr (secrets masked). */
-async function runCreate(inputs: HostSnapshotInputs, killAfterSeconds?: number): Promise<{ r: ExecResult; started: number; commandMs: number }> {
+async function runCreate(
+  inputs: HostSnapshotInputs,
+  options: { killAfterSeconds?: number; checkedAfter?: boolean } = {},
+): Promise<{ r: ExecResult; started: number; commandMs: number }> {
   const started = Date.now();
-  const r = await runOnHost(inputs, inputs.create, inputs.environment, "snapshot command", { killAfterSeconds });
+  const r = await runOnHost(inputs, inputs.create, inputs.environment, "snapshot command", { killAfterSeconds: options.killAfterSeconds });
   const commandMs = Date.now() - started;
-  if (r.code !== 0) {
-    const tail = stderrTail(r.stderr, inputs.environment, 5, "\n");
-    throw new QuiesceError("HOST_COMMAND_FAILED", `snapshot command exited with ${r.code}:\n${tail}`, { exitCode: r.code, stderr: tail });
-  }
+  // Killed by a signal (the host's kill at the lease end): the check after the command decides, and removes
+  // whatever the command had made by then.
+  if (r.code !== 0 && !(r.code === null && options.checkedAfter)) throw commandFailed(inputs, r);
   return { r, started, commandMs };
+}
+
+function commandFailed(inputs: HostSnapshotInputs, r: ExecResult): QuiesceError {
+  const tail = stderrTail(r.stderr, inputs.environment, 5, "\n");
+  return new QuiesceError("HOST_COMMAND_FAILED", `snapshot command exited with ${r.code}:\n${tail}`, { exitCode: r.code, stderr: tail });
 }
 
 /**
@@ -143,7 +150,7 @@ export async function createHostSnapshot(inputs: HostSnapshotInputs): Promise<{ 
   // The host kills the command at the lease's end by itself: a client cut off by a network partition can end
   // nothing, and a snapshot finished after the deadline would be taken of a thawed guest.
   const leaseLeftSeconds = before.lease ? (Date.parse(before.lease.expiresAt) - Date.now()) / 1000 + 1 : undefined;
-  const { r, started, commandMs } = await runCreate(inputs, leaseLeftSeconds);
+  const { r, started, commandMs } = await runCreate(inputs, { killAfterSeconds: leaseLeftSeconds, checkedAfter: true });
   const after = await windowStatus(target(inputs), {
     windowId: inputs.windowId,
     timeouts: inputs.timeouts,
@@ -164,6 +171,8 @@ export async function createHostSnapshot(inputs: HostSnapshotInputs): Promise<{ 
             `${stderrTail(d.stderr, inputs.environment, 3, " | ")}): remove it by hand.`,
     );
   }
+  // Killed by a signal while the window still held: not a snapshot to keep.
+  if (r.code !== 0) throw commandFailed(inputs, r);
   return {
     id: `${inputs.windowId}-snap-${started}`,
     outs: { ...inputs, exitCode: 0, stdout: r.stdout, stderr: r.stderr, commandMs, consistency: "filesystem" },

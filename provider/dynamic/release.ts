@@ -7,7 +7,7 @@ import type { SshConnectionConfig } from "../transport/ssh";
 import { releaseWindow, type Consistency, type Timeouts } from "../quiesce/lifecycle";
 import { validateReleaseInputs, type InputFailure } from "../quiesce/validate";
 import { ruleMethods, type ResourceRules } from "./rules";
-import { describeOutcome, target } from "./shared";
+import { describeOutcome, note, target } from "./shared";
 
 /** Provider id. */
 type Id = string;
@@ -77,6 +77,7 @@ export async function createRelease(inputs: ReleaseInputs): Promise<{ id: Id; ou
       { windowId: inputs.windowId, outcome: r.outcome },
     );
   }
+  if (r.thawWarning) note(`window ${inputs.windowId}: the guest was thawed, but: ${r.thawWarning}`);
   const releasedAt = new Date().toISOString();
   return {
     id: `${inputs.windowId}-release`,

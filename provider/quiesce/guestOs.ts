@@ -27,6 +27,11 @@ export interface GuestOsProfile {
   /** The canonical spelling of a mount point, for matching a user's selection against fsinfo. */
   normalizeMountpoint(mountpoint: string): string;
   /**
+   * The most filesystems one freeze can really hold: qemu-ga on FreeBSD suspends the first UFS only (its
+   * UFSSUSPEND ioctl answers EBUSY for every other, which it skips without a word). Undefined: no limit.
+   */
+  readonly maxFilesystemsPerFreeze?: number;
+  /**
    * Whether freeze-all fails as a whole when one filesystem cannot be frozen (VSS), rather than skipping it.
    * Then "everything" is frozen with freeze-list of the freezable ones.
    */
@@ -51,6 +56,7 @@ export const FREEBSD: GuestOsProfile = {
   kind: "freebsd",
   canFreeze: (type) => type.toLowerCase() === "ufs",
   cannotFreezeReason: "qemu-ga on FreeBSD suspends only UFS, and skips every other type (ZFS too) without a word",
+  maxFilesystemsPerFreeze: 1,
   normalizeMountpoint: (m) => m,
   freezeAllIsAllOrNone: false,
 };
@@ -72,7 +78,8 @@ export const WINDOWS: GuestOsProfile = {
 export function guestOsProfile(info: GuestOsInfo | undefined): GuestOsProfile {
   const id = info?.id?.toLowerCase();
   if (id === "mswindows") return WINDOWS;
-  if (id === "freebsd") return FREEBSD;
+  // A FreeBSD guest without os-release still says so in its kernel version (uname -v: "FreeBSD 14.1-RELEASE ...").
+  if (id === "freebsd" || /^FreeBSD\b/.test(info?.kernelVersion ?? "")) return FREEBSD;
   return LINUX;
 }
 

@@ -182,6 +182,8 @@ export interface ReleaseResult {
    * the agent still says "frozen"), so the window did not hold throughout; `outcome` is then `expired`.
    */
   readonly writesResumed?: boolean;
+  /** The thaw happened, but the agent reported a failure besides (a fsfreeze hook failing on "thaw"): its message. */
+  readonly thawWarning?: string;
 }
 
 function resolved(t?: Timeouts): Required<Timeouts> {
@@ -388,7 +390,15 @@ export async function createWindow(request: CreateWindowRequest, deps: Lifecycle
         { cause: new AggregateError([err, readErr], "quiesce failure, then lease read failure") },
       );
     }
-    if (held && held.windowId !== windowId) throw err;
+    if (held && held.windowId !== windowId) {
+      const failure = err as QuiesceError;
+      throw new QuiesceError(
+        failure.code,
+        `${failure.message} No crash-consistent fallback: window ${held.windowId} of ${held.owner} holds the guest.`,
+        { ...failure.fields, ownerWindowId: held.windowId },
+        { cause: err },
+      );
+    }
     // The callers say it loudly (the CLI's progress, the provider's note); the result carries the reason.
     const reason = (err as Error).message;
     return {
@@ -463,17 +473,21 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
         );
       }
     };
-    requireEnabled(["guest-fsfreeze-status", "guest-fsfreeze-thaw", "guest-get-fsinfo"]);
     // 3. What kind of agent this is: Windows (VSS) and FreeBSD freeze differently (./guestOs.ts). Agents
     //    without guest-get-osinfo (before 2.10) are POSIX.
     const reported = info.commands.some((c) => c.name === "guest-get-osinfo" && c.enabled) ? guestOsProfile(await getOsinfo(session, { signal })) : LINUX;
-    // 4. Resolve the selection before freezing: fsinfo is refused once frozen. qemu-ga on FreeBSD lists
-    //    guest-get-fsinfo as enabled but answers it "unsupported" (qga/commands-bsd.c): plan without it there.
+    // qemu-ga on FreeBSD cannot list filesystems: 7.1-9.0 list guest-get-fsinfo as enabled but answer it
+    // "unsupported" (qga/commands-bsd.c), 9.1 leaves it out of the schema. Plan without it there.
+    const fsinfoOptional = reported.kind === "freebsd";
+    requireEnabled(["guest-fsfreeze-status", "guest-fsfreeze-thaw", ...(fsinfoOptional ? [] : ["guest-get-fsinfo"])]);
+    // 4. Resolve the selection before freezing: fsinfo is refused once frozen.
     let filesystems: GuestFilesystem[] | undefined;
-    try {
-      filesystems = await getFsinfo(session, { signal });
-    } catch (err) {
-      if (reported.kind !== "freebsd" || !isQuiesceError(err, "AGENT_COMMAND_FAILED")) throw err;
+    if (!fsinfoOptional || info.commands.some((c) => c.name === "guest-get-fsinfo" && c.enabled)) {
+      try {
+        filesystems = await getFsinfo(session, { signal });
+      } catch (err) {
+        if (!fsinfoOptional || !isQuiesceError(err, "AGENT_COMMAND_FAILED")) throw err;
+      }
     }
     // A Windows agent whose guest-get-osinfo is blocked still lists its volumes as Windows does.
     const os = reported === LINUX && filesystems && looksLikeWindows(filesystems) ? WINDOWS : reported;
@@ -565,6 +579,15 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
                 "vfat mount) or one it already froze through another mount point: select mountpoints explicitly, and " +
                 "check the guest's mounts and the agent's log."),
           { target: label, expected: plan.expectedCount, got: count, status, guestOs: os.kind },
+        );
+      }
+      // A freeze slower than the lease (a VSS freeze can take seconds, against a 10 s lease) is over already.
+      if (now() >= Date.parse(lease.expiresAt)) {
+        throw new QuiesceError(
+          "LEASE_EXPIRED",
+          `${label}: the freeze took ${now() - frozenAtMs} ms, longer than the ${maxDurationSeconds} s lease: the window would be ` +
+            "over before anything ran in it. The guest was thawed. Raise maxDurationSeconds (--ttl), or find why the freeze is slow.",
+          { target: label, freezeMs: now() - frozenAtMs },
         );
       }
     } catch (err) {
@@ -731,8 +754,11 @@ export async function releaseWindow(request: ReleaseRequest, deps: LifecycleDeps
     const heldMs = now() - Date.parse(lease.frozenAt);
     let thawedCount = 0;
     let writesResumed = false;
+    let thawWarning: string | undefined;
     if (agentStatus === "frozen") {
-      ({ thawedCount, writesResumed } = await thawReadingErrors(session, t.thawSeconds * 1000));
+      let hookError: QuiesceError | undefined;
+      ({ thawedCount, writesResumed, hookError } = await thawReadingErrors(session, t.thawSeconds * 1000));
+      thawWarning = hookError?.message;
       const after = await fsfreezeStatus(session);
       if (after !== "thawed") {
         throw new QuiesceError(
@@ -758,6 +784,7 @@ export async function releaseWindow(request: ReleaseRequest, deps: LifecycleDeps
       lease,
       agentStatus: "thawed",
       ...(writesResumed ? { writesResumed } : {}),
+      ...(thawWarning ? { thawWarning } : {}),
     };
   }, request.vanishedSocket === "vm-gone" ? vmGone : undefined);
 }

@@ -101,6 +101,7 @@ export function planFreeze(selection: Selection, filesystems: readonly GuestFile
     const freezable = filesystems.filter((f) => os.canFreeze(f.type));
     const skipped = filesystems.filter((f) => !os.canFreeze(f.type));
     const sorted = [...freezable].sort((a, b) => a.mountpoint.localeCompare(b.mountpoint));
+    tooManyForOneFreeze(sorted.map((f) => f.mountpoint), target, os);
     return {
       // VSS fails the whole freeze-all for one volume it refuses: freeze the rest by name instead.
       all: !(os.freezeAllIsAllOrNone && skipped.length > 0),
@@ -173,6 +174,7 @@ export function planFreeze(selection: Selection, filesystems: readonly GuestFile
       { target, notFreezable: unfreezable.map((f) => f.mountpoint), guestOs: os.kind },
     );
   }
+  tooManyForOneFreeze(selected, target, os);
   return {
     all: false,
     everything: false,
@@ -193,6 +195,7 @@ export function planFreeze(selection: Selection, filesystems: readonly GuestFile
  */
 export function planWithoutFsinfo(selection: Selection, target: string, os: GuestOsProfile): FreezePlan {
   const mountpoints = [...new Set(selection.mountpoints ?? [])].sort();
+  tooManyForOneFreeze(mountpoints, target, os);
   if ((selection.disks ?? []).length > 0 || mountpoints.length === 0) {
     throw new QuiesceError(
       "FSINFO_UNAVAILABLE",
@@ -203,4 +206,21 @@ export function planWithoutFsinfo(selection: Selection, target: string, os: Gues
     );
   }
   return { all: false, everything: false, mountpoints, listArguments: mountpoints, filesystems: [], expectedCount: mountpoints.length, skipped: [] };
+}
+
+/**
+ * Refuses, before anything is frozen, more filesystems than one freeze of this agent can hold (FreeBSD: one UFS),
+ * since the agent would skip the rest without a word.
+ * @throws QuiesceError NOT_FREEZABLE
+ */
+function tooManyForOneFreeze(mountpoints: readonly string[], target: string, os: GuestOsProfile): void {
+  const limit = os.maxFilesystemsPerFreeze;
+  if (limit === undefined || mountpoints.length <= limit) return;
+  throw new QuiesceError(
+    "NOT_FREEZABLE",
+    `${target}: ${mountpoints.join(", ")} cannot be frozen together: qemu-ga on ${os.kind} suspends one UFS filesystem per ` +
+      "freeze (the kernel answers EBUSY for every other, which the agent skips without a word). Nothing was frozen. " +
+      "Select one mount point per window.",
+    { target, notFreezable: [...mountpoints], guestOs: os.kind },
+  );
 }

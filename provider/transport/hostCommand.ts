@@ -37,17 +37,22 @@ import { defaultSshPool, shellQuote, type ExecResult, type SshConnectionConfig, 
  *   `$`, quotes and backslashes are safe;
  * - the group exists before the script starts, so an end of stdin that is already waiting still kills it
  *   (with setsid(1) for the script, the watcher could kill an empty group first: 12 of 20 jobs survived);
- * - the watcher and the timer ignore HUP, INT and TERM, so a signal to the group cannot leave the script alone.
+ * - the watcher and the timer ignore HUP, INT and TERM, so a signal to the group cannot leave the script alone;
+ * - they kill `-$$`, the wrapper's own group, never `0`: under an SSH server that does not make each command a
+ *   session of its own (OpenSSH does), a kill of `0` would take the server's process with it;
+ * - the script's first line closes fd 3, so the commands it runs do not inherit the here-document (LVM warns
+ *   about every leaked descriptor).
  */
 const WRAPPER = [
   't=$1; s=',
   'while IFS= read -r l; do [ "$l" = "$t" ] && break; s="$s$l',
   '"; done',
   '[ "$l" = "$t" ] || exit 125',
-  'case "${SHELL##*/}" in bash|dash|ksh|mksh|zsh|ash|sh) j=$SHELL ;; *) j=sh ;; esac',
+  'case "${SHELL##*/}" in bash|dash|ksh|mksh|ash|sh) j=$SHELL ;; *) j=sh ;; esac',
+  '[ -x "$j" ] || j=sh',
   "exec 4<&0",
-  '( trap "" HUP INT TERM; while IFS= read -r l; do :; done; kill -KILL 0 ) <&4 4<&- >/dev/null 2>&1 &',
-  'if [ "${2:-0}" -gt 0 ]; then ( trap "" HUP INT TERM; sleep "$2"; kill -KILL 0 ) </dev/null >/dev/null 2>&1 & fi',
+  '( trap "" HUP INT TERM; while IFS= read -r l; do :; done; kill -KILL -$$ ) <&4 4<&- >/dev/null 2>&1 &',
+  'if [ "${2:-0}" -gt 0 ]; then ( trap "" HUP INT TERM; sleep "$2"; kill -KILL -$$ ) </dev/null >/dev/null 2>&1 & fi',
   '"$j" /dev/fd/3 3<<QUIESCE_EOF </dev/null 4<&- &',
   "$s",
   "QUIESCE_EOF",
@@ -70,7 +75,8 @@ export interface HostCommand {
   readonly purpose?: string;
   /**
    * Seconds after which the host kills the command by itself, whatever happens to the client (a network
-   * partition ends no channel). Default 0: no limit on the host (the client's timeout still applies).
+   * partition ends no channel); a value already past kills it after 1 s. Default: no limit on the host (the
+   * client's timeout still applies).
    */
   readonly killAfterSeconds?: number;
 }
@@ -86,16 +92,18 @@ export function hostCommandPayload(command: HostCommand, token: string): string 
     }
     return `export ${name}=${shellQuote(value)}`;
   });
-  return [...exports, command.script, token, ""].join("\n");
+  return ["exec 3<&-", ...exports, command.script, token, ""].join("\n");
 }
 
 /** The fixed command line that runs the wrapper (no user data in it: the token and a number). */
-export function hostCommandLine(token: string, killAfterSeconds = 0): string {
+export function hostCommandLine(token: string, killAfterSeconds?: number): string {
   return `exec sh -c ${shellQuote(WRAPPER)} quiesce-host-command ${token} ${wholeSeconds(killAfterSeconds)}`;
 }
 
-function wholeSeconds(s: number): number {
-  return Number.isFinite(s) && s > 0 ? Math.ceil(s) : 0;
+/** Undefined: no limit on the host (0 to the wrapper). A limit already past still kills, after 1 s. */
+function wholeSeconds(s: number | undefined): number {
+  if (s === undefined || Number.isNaN(s)) return 0;
+  return Math.max(1, Math.ceil(s));
 }
 
 /**
@@ -123,7 +131,7 @@ export async function runHostCommand(
       purpose,
     });
   }
-  return runLocally(token, payload, { timeoutMs, maxOutputBytes, purpose, signal: command.signal, killAfterSeconds: wholeSeconds(command.killAfterSeconds ?? 0) });
+  return runLocally(token, payload, { timeoutMs, maxOutputBytes, purpose, signal: command.signal, killAfterSeconds: wholeSeconds(command.killAfterSeconds) });
 }
 
 function runLocally(

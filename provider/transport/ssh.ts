@@ -110,11 +110,11 @@ export function shellQuote(value: string): string {
  */
 export function socketProbeCommand(socketPath: string): string {
   const p = shellQuote(socketPath);
-  // A dangling link is judged by where it points (one level: a chain of dangling links is rare).
+  // A dangling link is judged by where it points; a chain of links is not resolved ("cannot tell").
   return (
     `p=${p}; case $p in /*) ;; *) echo no-access; exit 0 ;; esac; ` +
     `if [ -S "$p" ]; then echo socket; elif [ -e "$p" ]; then echo not-socket; else ` +
-    `if [ -L "$p" ]; then t=$(readlink -- "$p") || { echo no-access; exit 0; }; case $t in /*) p=$t ;; *) p=\${p%/*}/$t ;; esac; fi; d=$p; ` +
+    `if [ -L "$p" ]; then t=$(readlink -- "$p") || { echo no-access; exit 0; }; case $t in /*) p=$t ;; *) p=\${p%/*}/$t ;; esac; [ -L "$p" ] && { echo no-access; exit 0; }; fi; d=$p; ` +
     `while :; do d=\${d%/*}; [ -n "$d" ] || d=/; [ -e "$d" ] && break; [ "$d" = / ] && break; done; ` +
     `if [ -d "$d" ] && [ -x "$d" ]; then echo missing; else echo no-access; fi; fi`
   );

@@ -489,6 +489,8 @@ export class FakeAgent {
         for (const m of wanted) {
           const fs = this.filesystems.find((f) => f.mountpoint === m) as FakeFilesystem;
           if (!freezes(this.os, fs.type) || frozenDevices.has(fs.name)) continue;
+          // FreeBSD (qga/commands-bsd.c): UFSSUSPEND answers EBUSY for every UFS after the first, skipped uncounted.
+          if (this.os === "freebsd" && count > 0) continue;
           frozenDevices.add(fs.name);
           this.frozen.add(m);
           count++;

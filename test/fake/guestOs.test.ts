@@ -182,13 +182,28 @@ describe("FreeBSD (UFS only)", () => {
 
   test("a ZFS mount named without fsinfo comes up short in the count: the freeze is thawed and the error says why", async () => {
     await start({ os: "freebsd" });
-    for (const mountpoints of [["/data"], ["/", "/data"], ["/nope"]]) {
+    for (const mountpoints of [["/data"], ["/nope"]]) {
       const err = await failure(createWindow({ target, mountpoints }));
       expect(err.code).toBe("FREEZE_MISMATCH");
       expect(err.message).toMatch(/FreeBSD freezes UFS only/);
       expect(agent.status).toBe("thawed");
       expect(await lease()).toBeUndefined();
     }
+  });
+
+  test("one UFS per freeze: two mount points are refused before freezing; qemu-ga 9.1 without guest-get-fsinfo works too", async () => {
+    await start({ os: "freebsd", blockedCommands: ["guest-get-fsinfo"] });
+    const err = await failure(createWindow({ target, mountpoints: ["/", "/var"] }));
+    expect(err.code).toBe("NOT_FREEZABLE");
+    expect(err.message).toMatch(/suspends one UFS filesystem per freeze/);
+    expect(freezeCommands()).toEqual([]);
+    const w = await createWindow({ target, mountpoints: ["/"] });
+    expect(w.frozenMountpoints).toEqual(["/"]);
+    await releaseWindow({ target, windowId: w.windowId });
+    // With fsinfo, "everything" on a guest with two UFS filesystems is refused the same way.
+    const ufs = (mountpoint: string, name: string) => ({ name, mountpoint, type: "ufs", disks: [] });
+    await start({ os: "freebsd", bsdFsinfo: true, filesystems: [ufs("/", "vtbd0p2"), ufs("/var", "vtbd0p3")] });
+    expect((await failure(createWindow({ target }))).code).toBe("NOT_FREEZABLE");
   });
 
   test("an agent that does list filesystems: everything leaves ZFS out; selecting a ZFS mount fails before freezing", async () => {

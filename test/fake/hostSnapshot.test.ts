@@ -100,3 +100,19 @@ test("environment values a failing command echoes are masked in the error (error
   expect(JSON.stringify(err)).not.toContain("very-secret");
   expect(JSON.stringify((err as { fields: unknown }).fields)).not.toContain("very-secret");
 });
+
+test("a command the host kills at the lease end is judged by the check after it: its delete removes what it made", async () => {
+  const w = await createWindow({ target: { socketPath: agent.socketPath, leaseDir }, mountpoints: ["/data"], maxDurationSeconds: 1 });
+  const marker = path.join(leaseDir, "partial-snapshot");
+  const err = await createHostSnapshot({
+    windowId: w.windowId,
+    socketPath: agent.socketPath,
+    leaseDir,
+    environment: { M: marker },
+    create: 'touch "$M"; sleep 30',
+    delete: 'rm -f "$M"',
+  }).catch((e: unknown) => e);
+  expect(isQuiesceError(err, "NOT_HELD")).toBe(true);
+  expect((err as Error).message).toMatch(/delete command removed it/);
+  expect(fs.existsSync(marker)).toBe(false);
+}, 30_000);

@@ -87,8 +87,8 @@ function longRunning(marker: string): string {
 }
 
 describe.each(where)("%s", (label, connection) => {
-  test("exit code, stdout and stderr pass through; the command's stdin is empty", async () => {
-    const r = await runHostCommand(connection(), { script: 'echo out; echo err >&2; [ -z "$(cat)" ] && exit 7' }, pool);
+  test("exit code, stdout and stderr pass through; the command's stdin is empty; its children inherit no here-document", async () => {
+    const r = await runHostCommand(connection(), { script: 'echo out; echo err >&2; ls /proc/self/fd/3 >/dev/null 2>&1 && exit 9; [ -z "$(cat)" ] && exit 7' }, pool);
     expect(r).toEqual({ code: 7, stdout: "out\n", stderr: "err\n" });
   });
 
