@@ -62,7 +62,7 @@ function inputKeys(props: Readonly<Record<string, unknown>>, rules: ResourceRule
 }
 
 /** Diff by the rule. `olds` is the old state (inputs and outputs), `news` the new checked inputs. */
-export function diffByRules(rules: ResourceRules, oldProps: Readonly<Record<string, unknown>>, newProps: Readonly<Record<string, unknown>>): DiffResult {
+function diffByRules(rules: ResourceRules, oldProps: Readonly<Record<string, unknown>>, newProps: Readonly<Record<string, unknown>>): DiffResult {
   const olds = rules.normalize ? rules.normalize(oldProps) : oldProps;
   const news = rules.normalize ? rules.normalize(newProps) : newProps;
   const replaces = rules.replaces.filter((path) => !same(valueAt(olds, path, rules.defaults), valueAt(news, path, rules.defaults)));
@@ -98,7 +98,7 @@ function stripPaths(value: unknown, key: string, paths: readonly string[], defau
 }
 
 /** Update by the rule: the new inputs, plus this resource's outputs from the old state. */
-export function updateByRules<T>(rules: ResourceRules, olds: Readonly<Record<string, unknown>>, newProps: Readonly<Record<string, unknown>>): T {
+function updateByRules<T>(rules: ResourceRules, olds: Readonly<Record<string, unknown>>, newProps: Readonly<Record<string, unknown>>): T {
   // Derived inputs stay derived (a Proxmox window keeps the socket path its releases and snapshots reach).
   const news = rules.normalize ? rules.normalize(newProps) : newProps;
   const outs: Record<string, unknown> = {};

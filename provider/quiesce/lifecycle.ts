@@ -462,8 +462,9 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
     if ((await fsfreezeStatus(session, { signal })) === "frozen") throw alreadyFrozen(label, await store.read(target.socketPath));
     // 2. fsfreeze is enabled (an administrator can block commands).
     const info = await getInfo(session, { signal });
+    const offers = (name: string): boolean => info.commands.some((c) => c.name === name && c.enabled);
     const requireEnabled = (needed: string[]): void => {
-      const disabled = needed.filter((name) => !info.commands.some((c) => c.name === name && c.enabled));
+      const disabled = needed.filter((name) => !offers(name));
       if (disabled.length > 0) {
         throw new QuiesceError(
           "AGENT_FSFREEZE_DISABLED",
@@ -475,14 +476,14 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
     };
     // 3. What kind of agent this is: Windows (VSS) and FreeBSD freeze differently (./guestOs.ts). Agents
     //    without guest-get-osinfo (before 2.10) are POSIX.
-    const reported = info.commands.some((c) => c.name === "guest-get-osinfo" && c.enabled) ? guestOsProfile(await getOsinfo(session, { signal })) : LINUX;
+    const reported = offers("guest-get-osinfo") ? guestOsProfile(await getOsinfo(session, { signal })) : LINUX;
     // qemu-ga on FreeBSD cannot list filesystems: 7.1-9.0 list guest-get-fsinfo as enabled but answer it
     // "unsupported" (qga/commands-bsd.c), 9.1 leaves it out of the schema. Plan without it there.
     const fsinfoOptional = reported.kind === "freebsd";
     requireEnabled(["guest-fsfreeze-status", "guest-fsfreeze-thaw", ...(fsinfoOptional ? [] : ["guest-get-fsinfo"])]);
     // 4. Resolve the selection before freezing: fsinfo is refused once frozen.
     let filesystems: GuestFilesystem[] | undefined;
-    if (!fsinfoOptional || info.commands.some((c) => c.name === "guest-get-fsinfo" && c.enabled)) {
+    if (!fsinfoOptional || offers("guest-get-fsinfo")) {
       try {
         filesystems = await getFsinfo(session, { signal });
       } catch (err) {

@@ -36,6 +36,11 @@ afterEach(async () => {
 });
 const freezeCommands = (): string[] => agent.log.filter((c) => c.startsWith("guest-fsfreeze-freeze"));
 const lease = () => new LocalLeaseStore(leaseDir).read(target.socketPath);
+/** Waits (100 ms polls, at most `timeoutMs`) until `done` holds; the test's assertions then say whether it did. */
+async function until(done: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await done()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+}
 
 describe("Windows (VSS)", () => {
   test("the default lease is VSS's 10 s; a longer one asked for is refused before anything is frozen", async () => {
@@ -138,8 +143,7 @@ describe("freeze hooks (qemu-ga -F)", () => {
     expect(await lease()).toBeUndefined();
     // The watchdog's thaw at the deadline meets the same error reply, and still removes the lease.
     const short = await createWindow({ target, mountpoints: ["/data"], maxDurationSeconds: 1, thawOnDisconnect: false });
-    const deadline = Date.now() + 20_000;
-    while ((await lease()) !== undefined && Date.now() < deadline) await new Promise((res) => setTimeout(res, 100));
+    await until(async () => (await lease()) === undefined);
     expect(await lease()).toBeUndefined();
     expect(agent.status).toBe("thawed");
     expect((await windowStatus(target, { windowId: short.windowId })).state).toBe("expired");
@@ -161,8 +165,7 @@ describe("freeze hooks (qemu-ga -F)", () => {
     // The hook returns at last and the agent freezes: the window's lease stays, its holder is gone, so the
     // watchdog thaws the guest.
     agent.finishHook();
-    const deadline = Date.now() + 20_000;
-    while ((agent.status === "frozen" || (await lease()) !== undefined) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    await until(async () => agent.status === "thawed" && (await lease()) === undefined);
     expect(agent.status).toBe("thawed");
     expect(await lease()).toBeUndefined();
   }, 30_000);
@@ -321,8 +324,7 @@ describe("the CLI against each mode", () => {
   test("thaw --window of a window that already ended at its deadline fails: its snapshot may not be consistent", async () => {
     await start({});
     const frozen = await quiesce(["freeze", ...local(), "--mountpoint", "/data", "--ttl", "1"]);
-    const deadline = Date.now() + 20_000;
-    while ((await lease()) !== undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    await until(async () => (await lease()) === undefined);
     const thawed = await quiesce(["thaw", ...local(), "--window", frozen.json.windowId as string]);
     expect(thawed).toMatchObject({ code: 1, json: { ok: false, error: { code: "LEASE_EXPIRED", fields: { how: "expired" } } } });
   }, 30_000);

@@ -13,6 +13,7 @@ import { isQuiesceError } from "../../provider/errors";
 import { runHostCommand } from "../../provider/transport/hostCommand";
 import { SshPool, type SshConnectionConfig } from "../../provider/transport/ssh";
 import { waitForFile } from "../fake/waitForFile";
+import { readEachProcess } from "./descendants";
 import { startSshd, type LabSshd } from "./sshd";
 
 const repoRoot = path.resolve(__dirname, "../..");
@@ -39,20 +40,7 @@ const where = [
 
 /** Every /proc/PID/cmdline on this machine that contains `needle` (the lab's sshd and its sessions run here). */
 function commandLinesContaining(needle: string): string[] {
-  const found: string[] = [];
-  for (const entry of fs.readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    let cmdline: string;
-    try {
-      cmdline = fs.readFileSync(`/proc/${entry}/cmdline`, "utf8");
-    } catch (err) {
-      // The process exited between readdir and read.
-      if (["ENOENT", "ESRCH"].includes((err as NodeJS.ErrnoException).code ?? "")) continue;
-      throw err;
-    }
-    if (cmdline.includes(needle)) found.push(`${entry}: ${cmdline.replace(/\0/g, " ")}`);
-  }
-  return found;
+  return [...readEachProcess("cmdline")].filter(([, cmdline]) => cmdline.includes(needle)).map(([pid, cmdline]) => `${pid}: ${cmdline.replace(/\0/g, " ")}`);
 }
 
 function alive(pid: number): boolean {
