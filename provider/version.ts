@@ -3,7 +3,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-export { WATCHDOG_PROTOCOL_VERSION } from "./quiesce/watchdog";
+export { DAEMON_PROTOCOL_VERSION } from "./host/daemon";
 
 /**
  * The version in this package's package.json. Found by walking up from this module, since it sits one level

@@ -8,8 +8,6 @@ const path = require("node:path");
 const root = path.join(__dirname, "..");
 execFileSync(process.execPath, [require.resolve("typescript/bin/tsc"), "-p", "tsconfig.build.json"], { cwd: root, stdio: "inherit" });
 require("./link-self.js");
-for (const script of ["watchdog.py", "watchdog.pl"]) {
-  fs.copyFileSync(path.join(root, "provider/quiesce", script), path.join(root, "dist/provider/quiesce", script));
-}
+fs.copyFileSync(path.join(root, "provider/host/daemon.py"), path.join(root, "dist/provider/host/daemon.py"));
 fs.chmodSync(path.join(root, "dist/provider/cli/index.js"), 0o755);
 fs.writeFileSync(path.join(root, "dist/.built"), new Date().toISOString() + "\n");

@@ -22,7 +22,7 @@ import {
 } from "../quiesce/lifecycle";
 import type { GuestFilesystem } from "../agent/commands";
 import { diskBusTarget, diskPciAddress } from "../quiesce/plan";
-import { dropAllHolds, WATCHDOG_PROTOCOL_VERSION } from "../quiesce/watchdog";
+import { dropAllHolds, DAEMON_PROTOCOL_VERSION } from "../host/daemon";
 import { runHostCommand as runOnHost } from "../transport/hostCommand";
 import { defaultSshPool, shellQuote, type ExecResult, type SshConnectionConfig } from "../transport/ssh";
 import { packageVersion } from "../version";
@@ -163,7 +163,7 @@ async function execute(o: TargetOptions, body: () => Promise<{ result: Result; h
     process.stderr.write(`quiesce: error: ${(err as Error).message}\n`);
     process.exitCode = usage ? EXIT_USAGE : EXIT_FAILURE;
   } finally {
-    // Nothing may keep the CLI alive: a window still held here (a failed release) is left to the watchdog.
+    // Nothing may keep the CLI alive: a window still held here (a failed release) is left to the host daemon.
     dropAllHolds();
     defaultSshPool.closeAll();
   }
@@ -232,7 +232,7 @@ function windowRequest(o: WindowOptions): { mountpoints: string[]; disks: string
 export function buildProgram(): Command {
   const program = new Command("quiesce")
     .description("Freeze and thaw VM guest filesystems through the QEMU guest agent, for consistent snapshots.")
-    .version(`${packageVersion()} (host daemon protocol ${WATCHDOG_PROTOCOL_VERSION})`, "-V, --version", "print the version and the host daemon protocol version")
+    .version(`${packageVersion()} (host daemon protocol ${DAEMON_PROTOCOL_VERSION})`, "-V, --version", "print the version and the host daemon protocol version")
     .showHelpAfterError()
     .exitOverride();
 
@@ -314,7 +314,7 @@ export function buildProgram(): Command {
           throw new QuiesceError(
             "NOT_OWNER",
             `${targetLabel(target)}: the freeze belongs to window ${lease.windowId} of the Pulumi stack ${lease.owner.slice("pulumi:".length)} ` +
-              `(lease until ${lease.expiresAt}); its deployment releases it, and the host's watchdog thaws it at the deadline. ` +
+              `(lease until ${lease.expiresAt}); its deployment releases it, and the host daemon thaws it at the deadline. ` +
               "Refusing to thaw it under a running snapshot; add --force if you are sure.",
             { owner: lease.owner, windowId: lease.windowId },
           );

@@ -43,11 +43,11 @@ export function describeOutcome(outcome: string, leaseOwner: string | undefined)
     case "frozen-outside":
       return "the guest is frozen by something outside pulumi-quiesce; it was left alone";
     case "expired":
-      return "the window's lease deadline passed and the guest was thawed then (by the watchdog, or now)";
+      return "the window's lease deadline passed and the guest was thawed then (by the host daemon, or now)";
     case "already-released":
       return "the window had already been released by its owner";
     case "disconnected":
-      return "the process that held the window went away and the watchdog thawed the guest (thawOnDisconnect)";
+      return "the process that held the window went away and the host daemon thawed the guest (thawOnDisconnect)";
     case "vm-gone":
       return "the guest agent's socket no longer exists on the host: the VM stopped or was deleted, which ended the freeze";
     default:

@@ -26,7 +26,7 @@ import {
 } from "../quiesce/lifecycle";
 import { validateWindowInputs, type InputFailure } from "../quiesce/validate";
 import { diskBusTarget, diskPciAddress } from "../quiesce/plan";
-import { DEFAULT_LEASE_DIR } from "../quiesce/lease";
+import { DEFAULT_LEASE_DIR } from "../host/daemon";
 import { ruleMethods, type ResourceRules } from "./rules";
 import { describeOutcome, note, target } from "./shared";
 

@@ -1,19 +1,21 @@
 /**
  * The quiesce lifecycle, independent of Pulumi (DESIGN.md, "Lifecycle rules"):
- * create = sync/ping/info → status must be thawed → fsinfo + plan → freeze → verify → lease;
- * release = thaw only if the lease is this window's; status = the truth from the agent and the lease.
+ * create = claim through the host daemon → (over a relay onto the agent connection the daemon holds)
+ * sync/ping → status must be thawed → info → fsinfo + plan → arm the lease → freeze → verify;
+ * release = the daemon thaws only if the record is this window's; status = the truth from the agent and the record.
  *
- * A failed create leaves the guest thawed: any failure after the freeze thaws first, then fails.
- * A window never thaws a freeze it does not own.
+ * The host daemon (../host) is the one owner of a guest's freeze state: claims are compare-and-set by the socket's
+ * identity, release and end compare-and-delete by window id, and from claim to end it holds the only agent
+ * connection, so no dropped channel lets one window touch another's freeze. A failed create leaves the guest
+ * thawed: any failure after the lease is armed has the daemon thaw, verify and remove the record.
  */
 import { randomBytes } from "node:crypto";
 import { QuiesceError, isQuiesceError } from "../errors";
-import { AgentSession } from "../agent/session";
+import { AgentSession, agentCommandError } from "../agent/session";
 import {
   fsfreezeFreezeAll,
   fsfreezeFreezeList,
   fsfreezeStatus,
-  fsfreezeThaw,
   getFsinfo,
   getInfo,
   getOsinfo,
@@ -23,10 +25,20 @@ import {
 } from "../agent/commands";
 import { dialerFor } from "../transport/index";
 import { defaultSshPool, type SshConnectionConfig, type SshPool } from "../transport/ssh";
-import { DEFAULT_LEASE_DIR, LocalLeaseStore, SftpLeaseStore, leaseFileName, type EndedRecord, type LeaseRecord, type LeaseStore } from "./lease";
-import { ensureWatchdog, heldHere, holdWindow, type WatchdogHold } from "./watchdog";
+import {
+  DEFAULT_LEASE_DIR,
+  daemonFor,
+  type DaemonClient,
+  type DaemonRelease,
+  type DaemonStatus,
+  type DaemonThaw,
+  type EndedRecord,
+  type HostRecord,
+} from "../host/daemon";
 import { planFreeze, planWithoutFsinfo, type Selection } from "./plan";
 import { guestOsProfile, LINUX, looksLikeWindows, WINDOWS, type GuestOsKind, type GuestOsProfile } from "./guestOs";
+
+export { DEFAULT_LEASE_DIR, type EndedRecord } from "../host/daemon";
 
 /** Where the guest agent is. */
 export interface AgentTarget {
@@ -34,7 +46,10 @@ export interface AgentTarget {
   readonly connection?: SshConnectionConfig;
   /** Absolute path of the agent's chardev socket on that host. */
   readonly socketPath: string;
-  /** Lease directory on that host. Default {@link DEFAULT_LEASE_DIR}. */
+  /**
+   * Lease directory on that host: the host daemon's directory. It must be owned by the SSH user and not writable
+   * by group or others (it is created 0700 when missing). Default {@link DEFAULT_LEASE_DIR}.
+   */
   readonly leaseDir?: string;
 }
 
@@ -53,13 +68,11 @@ export const DEFAULT_TIMEOUTS: Required<Timeouts> = { agentSeconds: 10, freezeSe
 /** Default lease length, in seconds (5 minutes). */
 export const DEFAULT_MAX_DURATION_SECONDS = 300;
 
-/** Injectable dependencies (tests, the CLI and benchmarks use their own pool or lease store). */
+/** Injectable dependencies (tests, the CLI and benchmarks use their own pool). */
 export interface LifecycleDeps {
   /** SSH pool. Default the process-wide pool. */
   readonly pool?: SshPool;
-  /** Lease store. Default: SFTP on the SSH host, or the local lease directory. */
-  readonly leaseStore?: LeaseStore;
-  /** Clock, for tests. Default `Date.now`. */
+  /** Clock, for tests. Default `Date.now`. Deadlines are kept on the host's clock, never this one. */
   readonly now?: () => number;
 }
 
@@ -69,8 +82,10 @@ export interface CreateWindowRequest extends Selection {
   /** Lease length in seconds: the guest is thawed by then whatever happens. Default 300. */
   readonly maxDurationSeconds?: number;
   /**
-   * Thaw as soon as this process is gone (it dies, or its SSH connection drops): the window keeps a hold
-   * channel open to the host's watchdog until it is released. Default true.
+   * Thaw as soon as this process is gone (it dies, falls silent for 15 s, or its SSH connection drops): the
+   * window stays held by this process's control channel to the host daemon until it is released. Default true.
+   * While the create runs, the window is held that way whatever this says, so a failed create never leaves a
+   * freeze behind.
    */
   readonly thawOnDisconnect?: boolean;
   /** Recorded in the lease: who holds the window. Default `pulumi-quiesce`. */
@@ -122,9 +137,9 @@ export interface WindowInfo {
 export type WindowState =
   /** The lease is this window's, before its deadline, and the agent says frozen. */
   | "held"
-  /** The lease is this window's but its deadline has passed, or the watchdog thawed it at the deadline. */
+  /** The record is this window's but its deadline has passed, or the daemon thawed it at the deadline. */
   | "expired"
-  /** The watchdog thawed it because the process holding it went away. */
+  /** The daemon thawed it because the process holding it went away or fell silent. */
   | "disconnected"
   /** Its owner released it. */
   | "released"
@@ -156,8 +171,9 @@ export type AgentFreezeStatus = FreezeStatus | "gone";
 /** The truth about a guest and (optionally) one window. */
 export interface StatusReport {
   readonly agentStatus: AgentFreezeStatus;
+  /** The host daemon's record of whichever window holds the guest, if any. */
   readonly lease: LeaseRecord | undefined;
-  /** How the socket's last watchdog-ended window ended, if recorded. */
+  /** How the window asked about ended, if the daemon recorded it. */
   readonly ended: EndedRecord | undefined;
   /** State relative to `windowId` (when given; else relative to the lease's own window). */
   readonly state: WindowState;
@@ -186,6 +202,7 @@ export interface ReleaseResult {
   readonly thawWarning?: string;
 }
 
+
 function resolved(t?: Timeouts): Required<Timeouts> {
   return { ...DEFAULT_TIMEOUTS, ...Object.fromEntries(Object.entries(t ?? {}).filter(([, v]) => v !== undefined)) };
 }
@@ -204,13 +221,53 @@ export function targetLabel(target: AgentTarget): string {
   return c ? `${c.user ?? "root"}@${c.host}:${c.port ?? 22}:${target.socketPath}` : `local:${target.socketPath}`;
 }
 
-/** The lease store for a target. */
-export function leaseStoreFor(target: AgentTarget, pool: SshPool = defaultSshPool): LeaseStore {
-  const dir = target.leaseDir ?? DEFAULT_LEASE_DIR;
-  return target.connection ? new SftpLeaseStore(pool, target.connection, dir) : new LocalLeaseStore(dir);
+
+/**
+ * The host daemon's record of a window, as the lifecycle reports it. Times are ISO 8601 UTC on the host's clock.
+ */
+export interface LeaseRecord {
+  readonly windowId: string;
+  /** Who holds it: `pulumi:project/stack/resource`, `cli:user@host`, or a caller-chosen label. */
+  readonly owner: string;
+  /** The socket path the window was made through, as given. */
+  readonly socketPath: string;
+  /** The guest's identity on the host: the socket's resolved path, device and inode. */
+  readonly identity: { readonly path: string; readonly dev: number; readonly ino: number };
+  /** Guest mount points frozen (empty when everything was frozen with freeze-all). */
+  readonly mountpoints: readonly string[];
+  /** When the freeze was issued (the claim's time while the create still runs). */
+  readonly frozenAt: string;
+  /** The deadline: the guest is thawed by then whatever happens. */
+  readonly expiresAt: string;
+  /** Milliseconds left before the deadline, on the host's clock when the daemon answered. */
+  readonly remainingMs: number;
+  /** The daemon is ending the window (its deadline passed, its holder left, or a release is thawing it). */
+  readonly ending: boolean;
 }
 
-/** Opens a synced agent session to the target. Close it as soon as possible: the chardev serves one client. */
+function toLease(r: HostRecord): LeaseRecord {
+  return {
+    windowId: r.windowId,
+    owner: r.owner,
+    socketPath: r.socketPath,
+    identity: { path: r.real, dev: r.dev, ino: r.ino },
+    mountpoints: r.selection,
+    frozenAt: r.frozenAt ?? r.claimedAt,
+    expiresAt: new Date(Math.round(r.deadline * 1000)).toISOString(),
+    remainingMs: r.remainingMs,
+    ending: r.ending,
+  };
+}
+
+/** The host daemon that owns the target's freeze state. */
+function daemonOf(target: AgentTarget, deps: LifecycleDeps): DaemonClient {
+  return daemonFor({ connection: target.connection, leaseDir: target.leaseDir ?? DEFAULT_LEASE_DIR }, deps.pool ?? defaultSshPool);
+}
+
+/**
+ * Opens a synced agent session to the target, directly (outside windows the daemon holds nothing). Close it as
+ * soon as possible: the chardev serves one client.
+ */
 export async function openSession(
   target: AgentTarget,
   timeouts: Timeouts | undefined,
@@ -231,118 +288,102 @@ export async function openSession(
   });
 }
 
-async function withSession<T>(
-  target: AgentTarget,
-  timeouts: Timeouts | undefined,
-  deps: LifecycleDeps,
-  signal: AbortSignal | undefined,
-  fn: (session: AgentSession) => Promise<T>,
-  whenVmGone?: () => Promise<T>,
-): Promise<T> {
-  let session: AgentSession;
+/** An agent session over a relay onto the agent connection the daemon holds for `windowId` (no idle poll). */
+async function relaySession(daemon: DaemonClient, windowId: string, label: string, t: Required<Timeouts>, signal?: AbortSignal): Promise<AgentSession> {
+  const stream = await daemon.relay(windowId, { signal, timeoutMs: t.agentSeconds * 1000 + 5_000 });
+  const opening = AgentSession.open(stream, {
+    target: `${label} (relayed by the host daemon)`,
+    syncTimeoutMs: t.agentSeconds * 1000,
+    commandTimeoutMs: t.agentSeconds * 1000,
+    signal,
+  });
+  // The relay comes paused (nothing the agent sends may be lost before the session listens); it listens now.
+  stream.resume();
+  return opening;
+}
+
+/** The guest's filesystems (guest-get-fsinfo). Fails with AGENT_FROZEN while frozen. */
+export async function listFilesystems(target: AgentTarget, options: { timeouts?: Timeouts; signal?: AbortSignal } = {}, deps: LifecycleDeps = {}): Promise<GuestFilesystem[]> {
+  const session = await openSession(target, options.timeouts, deps, options.signal);
   try {
-    session = await openSession(target, timeouts, deps, signal);
-  } catch (err) {
-    // Only the socket's absence, diagnosed as such, means the VM is gone; every other failure stays one.
-    if (whenVmGone && isQuiesceError(err, "SOCKET_MISSING")) return whenVmGone();
-    throw err;
-  }
-  try {
-    return await fn(session);
+    return await getFsinfo(session, { signal: options.signal });
   } finally {
     session.close();
   }
 }
 
-/** The guest's filesystems (guest-get-fsinfo). Fails with AGENT_FROZEN while frozen. */
-export function listFilesystems(target: AgentTarget, options: { timeouts?: Timeouts; signal?: AbortSignal } = {}, deps: LifecycleDeps = {}): Promise<GuestFilesystem[]> {
-  return withSession(target, options.timeouts, deps, options.signal, (s) => getFsinfo(s, { signal: options.signal }));
+/** A window's state as seen from the end record the daemon keeps. */
+function endedState(how: EndedRecord["how"]): WindowState {
+  return how === "forced" ? "thawed-outside" : how;
 }
 
-function classify(
-  lease: LeaseRecord | undefined,
-  agentStatus: FreezeStatus,
-  windowId: string | undefined,
-  now: number,
-  ended?: EndedRecord,
-): WindowState {
+function classify(lease: LeaseRecord | undefined, agentStatus: AgentFreezeStatus, windowId: string | undefined, ended?: EndedRecord): WindowState {
   const mine = lease !== undefined && (windowId === undefined || lease.windowId === windowId);
   if (mine && lease) {
+    if (agentStatus === "gone") return "vm-gone";
     if (agentStatus === "thawed") return "thawed-outside";
-    return Date.parse(lease.expiresAt) < now ? "expired" : "held";
+    return lease.remainingMs <= 0 || lease.ending ? "expired" : "held";
   }
   if (lease) return "other-window";
+  if (ended && windowId !== undefined && ended.windowId === windowId) return endedState(ended.how);
   if (agentStatus === "frozen") return "frozen-outside";
-  if (ended && windowId !== undefined && ended.windowId === windowId) return ended.how;
+  if (agentStatus === "gone") return "vm-gone";
   return "not-held";
 }
 
-/** What the host records for a socket: its lease, or else how its last window ended. */
-interface HostRecords {
-  readonly lease: LeaseRecord | undefined;
-  readonly ended: EndedRecord | undefined;
+function socketMissing(target: AgentTarget): QuiesceError {
+  const label = targetLabel(target);
+  return new QuiesceError(
+    "SOCKET_MISSING",
+    `${label}: the agent socket ${target.socketPath} does not exist on the host: the VM is not running, or the path is wrong.`,
+    { target: label, socketPath: target.socketPath },
+  );
 }
 
-async function readRecords(store: LeaseStore, socketPath: string): Promise<HostRecords> {
-  const lease = await store.read(socketPath);
-  return { lease, ended: lease ? undefined : await store.readEnded(socketPath) };
+/** Asks the daemon for the status of the target's guest, from `windowId`'s point of view. */
+async function daemonStatus(target: AgentTarget, windowId: string | undefined, t: Required<Timeouts>, deps: LifecycleDeps, signal?: AbortSignal): Promise<DaemonStatus> {
+  const reply = await daemonOf(target, deps).request("status", { socket: target.socketPath, ...(windowId ? { windowId } : {}) }, {
+    signal,
+    timeoutMs: 3 * t.agentSeconds * 1000 + 5_000,
+  });
+  return reply as unknown as DaemonStatus;
 }
 
-/** Reports the agent's status and the lease; `windowId` says whose point of view `state` takes. */
+/**
+ * Reports the agent's status and the daemon's record; `windowId` says whose point of view `state` takes. During a
+ * window it goes through the agent connection the daemon holds (no idle poll, no second client).
+ */
 export async function windowStatus(
   target: AgentTarget,
   options: { windowId?: string; timeouts?: Timeouts; signal?: AbortSignal; vanishedSocket?: VanishedSocket } = {},
   deps: LifecycleDeps = {},
 ): Promise<StatusReport> {
-  const store = deps.leaseStore ?? leaseStoreFor(target, deps.pool);
-  const now = (deps.now ?? Date.now)();
-  const records = (): Promise<HostRecords> => readRecords(store, target.socketPath);
-  return withSession<StatusReport>(
-    target,
-    options.timeouts,
-    deps,
-    options.signal,
-    async (session) => {
-      const agentStatus = await fsfreezeStatus(session, { signal: options.signal });
-      const { lease, ended } = await records();
-      return { agentStatus, lease, ended, state: classify(lease, agentStatus, options.windowId, now, ended) };
-    },
-    options.vanishedSocket === "vm-gone" ? async () => ({ agentStatus: "gone", ...(await records()), state: "vm-gone" }) : undefined,
-  );
+  const r = await daemonStatus(target, options.windowId, resolved(options.timeouts), deps, options.signal);
+  const lease = r.record ? toLease(r.record) : undefined;
+  const ended = r.ended ?? undefined;
+  const agentStatus: AgentFreezeStatus = r.agentStatus ?? "thawed";
+  if (agentStatus === "gone" && !lease && options.vanishedSocket !== "vm-gone") throw socketMissing(target);
+  return { agentStatus, lease, ended, state: classify(lease, agentStatus, options.windowId, ended) };
 }
 
 /**
- * Lets go of this process's hold on a window whose thaw is done and verified. Best effort: the lease is gone,
- * so the watchdog has nothing left to do for it; a failed DISARM must not fail (or mask the error of) the
- * call that thawed. The channel is closed either way.
- */
-async function disarmBestEffort(windowId: string, label: string): Promise<void> {
-  const hold = heldHere(windowId);
-  if (!hold) return;
-  try {
-    await hold.disarm();
-  } catch (err) {
-    hold.drop();
-    process.stderr.write(`pulumi-quiesce: ${label}: window ${windowId} thawed, but disarming its watchdog hold failed: ${(err as Error).message}\n`);
-  }
-}
-
-/**
- * The lease's view of a window, without an agent session: `held` when the lease names `windowId` and its
- * deadline has not passed. Cheap (a file read; opening an agent session costs about 100 ms, all of it frozen
- * time inside a window), but blind to a thaw made outside pulumi-quiesce: {@link windowStatus} is the truth.
+ * Whether `windowId` still holds its guest, asked of the daemon by window id: its record, and the agent's status
+ * through the connection the daemon holds (a round trip, no idle poll). `held` only when the record is this
+ * window's, before its deadline, and the agent says frozen.
  */
 export async function leaseHeld(
   target: AgentTarget,
   windowId: string,
   deps: LifecycleDeps = {},
-): Promise<{ state: "held" | "expired" | "other-window" | "not-held"; lease: LeaseRecord | undefined }> {
-  const store = deps.leaseStore ?? leaseStoreFor(target, deps.pool);
-  const lease = await store.read(target.socketPath);
-  if (!lease) return { state: "not-held", lease };
-  if (lease.windowId !== windowId) return { state: "other-window", lease };
-  return { state: Date.parse(lease.expiresAt) < (deps.now ?? Date.now)() ? "expired" : "held", lease };
+  options: { timeouts?: Timeouts; signal?: AbortSignal } = {},
+): Promise<{ state: WindowState; lease: LeaseRecord | undefined }> {
+  const t = resolved(options.timeouts);
+  const reply = (await daemonOf(target, deps).request("status", { windowId }, { signal: options.signal, timeoutMs: 3 * t.agentSeconds * 1000 + 5_000 })) as unknown as DaemonStatus;
+  const lease = reply.record ? toLease(reply.record) : undefined;
+  if (!lease) return { state: reply.ended ? endedState(reply.ended.how) : "not-held", lease };
+  return { state: classify(lease, reply.agentStatus ?? "frozen", windowId), lease };
 }
+
 
 function alreadyFrozen(label: string, lease: LeaseRecord | undefined): QuiesceError {
   if (lease) {
@@ -363,8 +404,10 @@ function alreadyFrozen(label: string, lease: LeaseRecord | undefined): QuiesceEr
   );
 }
 
+
 /**
- * Freezes the selection and records the lease. On any failure after the freeze, thaws first, then fails.
+ * Claims the guest through the host daemon, freezes the selection and arms the lease. On any failure after the
+ * lease is armed, the daemon thaws and verifies before the create fails; before it, the claim is withdrawn.
  * @throws QuiesceError ALREADY_FROZEN, UNKNOWN_MOUNTPOINT, UNKNOWN_DISK, AGENT_FSFREEZE_DISABLED, FREEZE_MISMATCH,
  *   AGENT_* and transport errors.
  */
@@ -376,29 +419,6 @@ export async function createWindow(request: CreateWindowRequest, deps: Lifecycle
     return await freezeWindow(request, deps, windowId, owner);
   } catch (err) {
     if ((request.onQuiesceFailure ?? "fail") !== "crash-consistent" || !quiesceFailureFallsBack(err)) throw err;
-    // A guest another window holds is never "cannot be frozen" (its agent may merely have stopped answering).
-    // A lease that cannot be read does not fall back either: the original failure stands.
-    let held: LeaseRecord | undefined;
-    try {
-      held = await (deps.leaseStore ?? leaseStoreFor(request.target, deps.pool)).read(request.target.socketPath);
-    } catch (readErr) {
-      const failure = err as QuiesceError; // quiesceFailureFallsBack accepts only QuiesceErrors
-      throw new QuiesceError(
-        failure.code,
-        `${failure.message} No crash-consistent fallback: the lease, which says whether another window holds the guest, could not be read (${(readErr as Error).message}).`,
-        failure.fields,
-        { cause: new AggregateError([err, readErr], "quiesce failure, then lease read failure") },
-      );
-    }
-    if (held && held.windowId !== windowId) {
-      const failure = err as QuiesceError;
-      throw new QuiesceError(
-        failure.code,
-        `${failure.message} No crash-consistent fallback: window ${held.windowId} of ${held.owner} holds the guest.`,
-        { ...failure.fields, ownerWindowId: held.windowId },
-        { cause: err },
-      );
-    }
     // The callers say it loudly (the CLI's progress, the provider's note); the result carries the reason.
     const reason = (err as Error).message;
     return {
@@ -420,8 +440,8 @@ export async function createWindow(request: CreateWindowRequest, deps: Lifecycle
 
 /**
  * Failures after which a crash-consistent window may stand in: the guest agent could not make the freeze, and
- * nothing is frozen (the failure path thawed and verified it). Never input errors, another window's freeze,
- * a host that cannot be reached, or a guest that may still be frozen.
+ * nothing is frozen (the failure path thawed and verified it). Never input errors, another window's freeze (a
+ * refused claim, ALREADY_FROZEN), a host that cannot be reached, or a guest that may still be frozen.
  */
 function quiesceFailureFallsBack(err: unknown): boolean {
   if (!isQuiesceError(err) || err.fields.mayBeFrozen === true) return false;
@@ -452,15 +472,33 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
   const t = resolved(request.timeouts);
   const label = targetLabel(target);
   const now = deps.now ?? Date.now;
-  const store = deps.leaseStore ?? leaseStoreFor(target, deps.pool);
+  const daemon = daemonOf(target, deps);
 
-  return withSession(target, request.timeouts, deps, signal, async (session) => {
-    // 1. The agent answers, and the guest is thawed. Status comes before guest-info: while frozen the agent
-    //    reports the freeze commands as disabled, which would read as an administrator's block.
-    //    Holding the channel keeps every other client out until we close it.
+  // 1. Claim the guest: a compare-and-set in the host daemon, keyed by the socket's identity. From here on the
+  //    daemon holds the guest's only agent connection, and this process's control channel holds the claim: if
+  //    this process dies or its connection drops, the daemon ends the window.
+  try {
+    await daemon.request(
+      "claim",
+      { socket: target.socketPath, windowId, owner, claimMs: claimMs(t), thawMs: t.thawSeconds * 1000, agentMs: t.agentSeconds * 1000 },
+      { signal, timeoutMs: t.agentSeconds * 1000 + 15_000, holds: windowId },
+    );
+  } catch (err) {
+    if (isQuiesceError(err) && err.fields.daemonCode === "HELD") throw alreadyFrozen(label, toLease(err.fields.holder as HostRecord));
+    // No answer at all: the claim may stand. Withdraw it (it was never armed: the guest is not touched).
+    if (!isQuiesceError(err) || err.fields.daemonCode === undefined) throw await abandonClaim(daemon, windowId, label, false, err, t);
+    throw err;
+  }
+  let session: AgentSession | undefined;
+  let armed = false;
+  try {
+    session = await relaySession(daemon, windowId, label, t, signal);
+    // 2. The agent answers, and the guest is thawed. Status comes before guest-info: while frozen the agent
+    //    reports the freeze commands as disabled, which would read as an administrator's block. Frozen now means
+    //    frozen by someone else: nothing of pulumi-quiesce's, since our claim would have been refused.
     await ping(session, { signal });
-    if ((await fsfreezeStatus(session, { signal })) === "frozen") throw alreadyFrozen(label, await store.read(target.socketPath));
-    // 2. fsfreeze is enabled (an administrator can block commands).
+    if ((await fsfreezeStatus(session, { signal })) === "frozen") throw alreadyFrozen(label, undefined);
+    // 3. fsfreeze is enabled (an administrator can block commands).
     const info = await getInfo(session, { signal });
     const offers = (name: string): boolean => info.commands.some((c) => c.name === name && c.enabled);
     const requireEnabled = (needed: string[]): void => {
@@ -474,14 +512,14 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
         );
       }
     };
-    // 3. What kind of agent this is: Windows (VSS) and FreeBSD freeze differently (./guestOs.ts). Agents
+    // 4. What kind of agent this is: Windows (VSS) and FreeBSD freeze differently (./guestOs.ts). Agents
     //    without guest-get-osinfo (before 2.10) are POSIX.
     const reported = offers("guest-get-osinfo") ? guestOsProfile(await getOsinfo(session, { signal })) : LINUX;
     // qemu-ga on FreeBSD cannot list filesystems: 7.1-9.0 list guest-get-fsinfo as enabled but answer it
     // "unsupported" (qga/commands-bsd.c), 9.1 leaves it out of the schema. Plan without it there.
     const fsinfoOptional = reported.kind === "freebsd";
     requireEnabled(["guest-fsfreeze-status", "guest-fsfreeze-thaw", ...(fsinfoOptional ? [] : ["guest-get-fsinfo"])]);
-    // 4. Resolve the selection before freezing: fsinfo is refused once frozen.
+    // 5. Resolve the selection before freezing: fsinfo is refused once frozen.
     let filesystems: GuestFilesystem[] | undefined;
     if (!fsinfoOptional || offers("guest-get-fsinfo")) {
       try {
@@ -499,71 +537,29 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
     }
     // Only the freeze command this plan uses must be enabled.
     requireEnabled([plan.all ? "guest-fsfreeze-freeze" : "guest-fsfreeze-freeze-list"]);
-    // 5. The watchdog must run before anything is frozen: it is what ends the freeze if all else fails.
-    const pool = deps.pool ?? defaultSshPool;
-    await ensureWatchdog(target, pool, signal);
-    // 6. Claim the guest: the lease is written before the freeze, so the watchdog can end this window
-    //    whatever happens from here on (this process dying between freeze and lease would leave no trace).
+    // 6. Arm the lease: from the daemon's answer on, its end thaws (before, nothing of ours can be frozen, and an
+    //    end only withdraws the claim). The deadline is on the host's clock, from now.
+    const armedRecord = toLease(
+      (
+        await daemon.request(
+          "arm",
+          { windowId, leaseMs: maxDurationSeconds * 1000, selection: plan.all ? [] : plan.mountpoints },
+          { signal },
+        )
+      ).record as HostRecord,
+    );
+    armed = true;
     const frozenAtMs = now();
-    const lease: LeaseRecord = {
-      version: 1,
-      windowId,
-      owner,
-      socketPath: target.socketPath,
-      mountpoints: plan.all ? [] : plan.mountpoints,
-      frozenAt: new Date(frozenAtMs).toISOString(),
-      expiresAt: new Date(frozenAtMs + maxDurationSeconds * 1000).toISOString(),
-    };
-    await store.write(lease);
-    let hold: WatchdogHold | undefined;
-    if (request.thawOnDisconnect ?? true) {
-      try {
-        hold = await holdWindow(target, windowId, leaseFileName(target.socketPath), pool, signal);
-      } catch (err) {
-        await store.remove(target.socketPath);
-        throw err;
-      }
-    }
-    // 7. Freeze. From here on, every failure thaws before it is reported.
-    const failed = async (err: unknown, what: string): Promise<unknown> => {
-      const { error, thawed } = await thawAfterFailure(target, session, request.timeouts, deps, err, what);
-      if (thawed) {
-        try {
-          // Compare-and-delete: if our session was lost, another window may have claimed the guest since.
-          if ((await store.read(target.socketPath))?.windowId === windowId) await store.remove(target.socketPath);
-        } finally {
-          await disarmBestEffort(windowId, label);
-        }
-      } else if (hold) {
-        // Could not thaw: keep the lease and let the hold go, so the watchdog thaws at once (a disconnect),
-        // retrying until the agent answers.
-        hold.drop();
-      } else {
-        // No hold to drop: end the lease now instead (its length becomes 0, so it is due at once on the host's
-        // clock), or the watchdog would wait for the deadline.
-        try {
-          if ((await store.read(target.socketPath))?.windowId === windowId) await store.write({ ...lease, expiresAt: lease.frozenAt });
-        } catch (handoffErr) {
-          return new QuiesceError(
-            isQuiesceError(error) ? error.code : "FREEZE_MISMATCH",
-            `${(error as Error).message} Handing the thaw to the watchdog failed too (${(handoffErr as Error).message}): ` +
-              `it thaws the guest at the lease deadline, ${lease.expiresAt}, unless \`quiesce thaw --force\` does first.`,
-            { target: label, windowId, mayBeFrozen: true },
-            { cause: new AggregateError([error, handoffErr], "thaw failure, then handoff failure") },
-          );
-        }
-      }
-      return error;
-    };
+    // 7. Freeze. From here on, every failure has the daemon thaw before it is reported.
     let count: number;
     try {
       const options = { signal, timeoutMs: t.freezeSeconds * 1000 };
       count = plan.all ? await fsfreezeFreezeAll(session, options) : await fsfreezeFreezeList(session, plan.listArguments, options);
     } catch (err) {
-      throw await failed(hookMayHang(err, t.freezeSeconds), "the freeze command failed");
+      throw hookMayHang(err, t.freezeSeconds);
     }
     const freezeMs = now() - frozenAtMs;
-    try {
+    {
       // 8. Verify: the count must match the selection (one per distinct device) and the agent must say frozen.
       //    Freezing everything may also count a read-only mount of a type that cannot be frozen read-write.
       const status = await fsfreezeStatus(session, { signal });
@@ -583,32 +579,90 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
         );
       }
       // A freeze slower than the lease (a VSS freeze can take seconds, against a 10 s lease) is over already.
-      if (now() >= Date.parse(lease.expiresAt)) {
+      if (freezeMs >= maxDurationSeconds * 1000) {
         throw new QuiesceError(
           "LEASE_EXPIRED",
-          `${label}: the freeze took ${now() - frozenAtMs} ms, longer than the ${maxDurationSeconds} s lease: the window would be ` +
+          `${label}: the freeze took ${freezeMs} ms, longer than the ${maxDurationSeconds} s lease: the window would be ` +
             "over before anything ran in it. The guest was thawed. Raise maxDurationSeconds (--ttl), or find why the freeze is slow.",
-          { target: label, freezeMs: now() - frozenAtMs },
+          { target: label, freezeMs },
         );
       }
-    } catch (err) {
-      throw await failed(err, "verifying the freeze failed");
+    }
+    session.close();
+    session = undefined;
+    if (!(request.thawOnDisconnect ?? true)) {
+      // The window outlives this process: only its deadline (or a release) ends it from now on.
+      await daemon.request("unhold", { windowId }, { signal });
+      daemon.forget(windowId);
     }
     return {
       windowId,
       owner,
       frozenMountpoints: plan.mountpoints,
       frozenCount: count,
-      frozenAt: lease.frozenAt,
-      expiresAt: lease.expiresAt,
+      frozenAt: armedRecord.frozenAt,
+      expiresAt: armedRecord.expiresAt,
       agentVersion: info.version,
       filesystems: filesystems ?? [],
       freezeMs,
       consistency: "filesystem",
       guestOs: os.kind,
     };
-  });
+  } catch (err) {
+    session?.close();
+    throw await abandonClaim(daemon, windowId, label, armed, err, t);
+  }
 }
+
+/**
+ * Milliseconds a claim lasts before its lease is armed: enough for the steps before the freeze (sync, ping,
+ * status, info, osinfo, fsinfo), each bounded by timeouts.agentSeconds.
+ */
+function claimMs(t: Required<Timeouts>): number {
+  return (8 * t.agentSeconds + 10) * 1000;
+}
+
+/**
+ * Ends a claim whose create failed, and returns the error to throw. Not armed: the claim is withdrawn, the guest
+ * untouched (nothing of ours is frozen; a freeze found there is someone else's). Armed: the daemon cuts the relay,
+ * thaws, verifies "thawed" and removes the record, only if it is still this window's. If that cannot be confirmed,
+ * the error says loudly that the guest may be frozen: the daemon keeps trying (and this process's control channel
+ * closing, or the deadline, ends the window too).
+ */
+async function abandonClaim(daemon: DaemonClient, windowId: string, label: string, armed: boolean, cause: unknown, t: Required<Timeouts>): Promise<unknown> {
+  try {
+    const r = (await daemon.request("release", { windowId, thaw: armed }, { timeoutMs: releaseTimeoutMs(t) })) as unknown as DaemonRelease;
+    daemon.forget(windowId);
+    if (!armed || r.outcome === "withdrawn") return cause;
+    const status = r.thaw?.status ?? r.ended?.status;
+    if (status === "thawed" || status === "gone" || r.outcome === "vm-gone") return cause;
+    return new QuiesceError(
+      "FREEZE_MISMATCH",
+      `${label}: ${(cause as Error).message} The host daemon ended the window but could not confirm a thaw (status ${String(status)}): ` +
+        "THE GUEST MAY BE FROZEN; check with `quiesce status`.",
+      { target: label, windowId, mayBeFrozen: true },
+      { cause },
+    );
+  } catch (endErr) {
+    daemon.forget(windowId);
+    if (!armed) return cause;
+    const failure = isQuiesceError(cause) ? cause : undefined;
+    return new QuiesceError(
+      failure?.code ?? "FREEZE_MISMATCH",
+      `${label}: ${(cause as Error).message} The thaw that followed could not be confirmed (${(endErr as Error).message}): ` +
+        "THE GUEST MAY BE FROZEN. The host daemon owns the window and keeps trying to thaw it until the agent answers " +
+        "(at the latest at its deadline); check with `quiesce status`.",
+      { ...(failure?.fields ?? {}), target: label, windowId, thawError: (endErr as Error).message, mayBeFrozen: true },
+      { cause: new AggregateError([cause, endErr], "create failure, then thaw failure") },
+    );
+  }
+}
+
+/** Milliseconds to wait for a release: the daemon's sync, status, thaw and status. */
+function releaseTimeoutMs(t: Required<Timeouts>): number {
+  return t.thawSeconds * 1000 + 3 * t.agentSeconds * 1000 + 5_000;
+}
+
 
 /**
  * A freeze that timed out may be waiting on a fsfreeze hook: qemu-ga runs the hook (qemu-ga -F) before freezing
@@ -636,79 +690,18 @@ interface ThawResult {
 }
 
 /**
- * guest-fsfreeze-thaw, reading a failed reply the way qemu-ga means it. qemu-ga thaws and clears its frozen flag
- * first, and only then runs the fsfreeze hook with `thaw` (qga/commands-posix.c, qmp_guest_fsfreeze_thaw); on
- * Windows it clears the flag and then reports that VSS had let the writes resume. Either way the reply is an
- * error while the guest is thawed, so the error counts only when the status does not say thawed. The caller
- * verifies the status after a success as before.
+ * Reads the daemon's thaw the way qemu-ga means it. qemu-ga thaws and clears its frozen flag first, and only then
+ * runs the fsfreeze hook with `thaw` (qga/commands-posix.c, qmp_guest_fsfreeze_thaw); on Windows it clears the
+ * flag and then reports that VSS had let the writes resume. Either way the reply is an error while the guest is
+ * thawed; the daemon accepted it only because the status then said thawed. The typed mapping of that error stays
+ * here, with the agent client's.
  */
-async function thawReadingErrors(session: AgentSession, timeoutMs: number): Promise<ThawResult> {
-  try {
-    return { thawedCount: await fsfreezeThaw(session, { timeoutMs }), writesResumed: false };
-  } catch (err) {
-    if (!isQuiesceError(err, "FREEZE_HOOK_FAILED", "VSS_WRITES_RESUMED", "AGENT_COMMAND_FAILED")) throw err;
-    const replied: QuiesceError = err;
-    if ((await fsfreezeStatus(session)) !== "thawed") throw replied;
-    if (replied.code === "VSS_WRITES_RESUMED") return { thawedCount: 0, writesResumed: true };
-    process.stderr.write(`pulumi-quiesce: ${session.target}: the guest is thawed, but the agent reported: ${replied.message}\n`);
-    return { thawedCount: 0, writesResumed: false, hookError: replied };
-  }
-}
-
-/**
- * Thaws after a failed create. Returns the error to throw (the original one when the thaw worked, else one
- * that says loudly the guest may still be frozen) and whether the guest is known to be thawed.
- */
-async function thawAfterFailure(
-  target: AgentTarget,
-  session: AgentSession,
-  timeouts: Timeouts | undefined,
-  deps: LifecycleDeps,
-  cause: unknown,
-  what: string,
-): Promise<{ error: unknown; thawed: boolean }> {
-  const t = resolved(timeouts);
-  const label = targetLabel(target);
-  // No abort signal here: the thaw must run even when the caller gave up.
-  const thaw = async (s: AgentSession): Promise<FreezeStatus> => {
-    await thawReadingErrors(s, t.thawSeconds * 1000);
-    return fsfreezeStatus(s);
-  };
-  try {
-    let status: FreezeStatus;
-    if (session.state !== "closed") status = await thaw(session);
-    else {
-      const fresh = await openSession(target, timeouts, deps);
-      try {
-        status = await thaw(fresh);
-      } finally {
-        fresh.close();
-      }
-    }
-    if (status === "thawed") return { error: cause, thawed: true };
-    return {
-      thawed: false,
-      error: new QuiesceError(
-        "FREEZE_MISMATCH",
-        `${label}: ${what}, and after a thaw the agent still reports "${status}". The host's watchdog takes over and ` +
-          "keeps trying to thaw it; check with `quiesce status`.",
-        { target: label, mayBeFrozen: true },
-        { cause },
-      ),
-    };
-  } catch (thawErr) {
-    return {
-      thawed: false,
-      error: new QuiesceError(
-        isQuiesceError(cause) ? cause.code : "FREEZE_MISMATCH",
-        `${label}: ${what} (${(cause as Error).message}), and the thaw that followed failed too (${(thawErr as Error).message}). ` +
-          "THE GUEST MAY BE FROZEN. The host's watchdog takes over and keeps trying to thaw it until the agent " +
-          "answers; check with `quiesce status`.",
-        { target: label, thawError: (thawErr as Error).message, mayBeFrozen: true },
-        { cause: new AggregateError([cause, thawErr], "freeze failure, then thaw failure") },
-      ),
-    };
-  }
+function readThaw(thaw: DaemonThaw | null | undefined, label: string): ThawResult {
+  if (!thaw?.error) return { thawedCount: thaw?.count ?? 0, writesResumed: false };
+  const replied = agentCommandError("guest-fsfreeze-thaw", thaw.error, label);
+  if (replied.code === "VSS_WRITES_RESUMED") return { thawedCount: 0, writesResumed: true };
+  process.stderr.write(`pulumi-quiesce: ${label}: the guest is thawed, but the agent reported: ${replied.message}\n`);
+  return { thawedCount: 0, writesResumed: false, hookError: replied };
 }
 
 /** Options of {@link releaseWindow}. */
@@ -719,80 +712,73 @@ export interface ReleaseRequest {
   readonly timeouts?: Timeouts;
   readonly signal?: AbortSignal;
   /**
-   * What a missing agent socket means (see {@link VanishedSocket}); default `"error"`. With `"vm-gone"` the
-   * release succeeds with outcome `vm-gone`, removes this window's lease (nothing is left for the watchdog
-   * to thaw) and lets go of this process's hold.
+   * What a missing agent socket means when no record of this window is left (see {@link VanishedSocket}); default
+   * `"error"`. A window whose socket vanished while held is reported `vm-gone` either way: its record proves the
+   * path was right.
    */
   readonly vanishedSocket?: VanishedSocket;
 }
 
 /**
- * Thaws the guest if, and only if, the lease names `windowId` (an expired lease of this window is still
- * this window's, and is thawed). Otherwise touches nothing and says why. Verifies `thawed` afterwards.
+ * Thaws the guest if, and only if, the daemon's record names `windowId` (an expired record of this window is
+ * still this window's, and is thawed): the daemon cuts any relay, thaws, verifies `thawed` and removes the record,
+ * in one place. Otherwise touches nothing and says why.
  */
 export async function releaseWindow(request: ReleaseRequest, deps: LifecycleDeps = {}): Promise<ReleaseResult> {
   const { target, windowId } = request;
   const t = resolved(request.timeouts);
   const label = targetLabel(target);
-  const now = deps.now ?? Date.now;
-  const store = deps.leaseStore ?? leaseStoreFor(target, deps.pool);
-  const vmGone = async (): Promise<ReleaseResult> => {
-    const lease = await store.read(target.socketPath);
-    if (lease?.windowId === windowId) await store.remove(target.socketPath);
-    await disarmBestEffort(windowId, label);
-    return { outcome: "vm-gone", thawedCount: 0, lease, agentStatus: "gone" };
+  const daemon = daemonOf(target, deps);
+  let r: DaemonRelease;
+  try {
+    r = (await daemon.request("release", { windowId, thaw: true }, { signal: request.signal, timeoutMs: releaseTimeoutMs(t) })) as unknown as DaemonRelease;
+  } catch (err) {
+    if (isQuiesceError(err) && err.fields.daemonCode === "THAW_FAILED") {
+      throw new QuiesceError(
+        "FREEZE_MISMATCH",
+        `${err.message}. THE GUEST MAY BE FROZEN: the host daemon keeps the record and retries the thaw until the agent answers.`,
+        { target: label, windowId, mayBeFrozen: true },
+        { cause: err },
+      );
+    }
+    throw err;
+  }
+  daemon.forget(windowId);
+  if (r.outcome === "not-held" || r.outcome === "withdrawn") {
+    // No record of this window: it ended before (say how), or another window or outside freeze has the guest.
+    const ended = r.ended ?? undefined;
+    if (ended) {
+      const state = endedState(ended.how);
+      return {
+        outcome: state === "released" ? "already-released" : (state as ReleaseResult["outcome"]),
+        thawedCount: 0,
+        agentStatus: ended.how === "vm-gone" ? "gone" : "thawed",
+      };
+    }
+    const report = await windowStatus(target, { windowId, timeouts: request.timeouts, signal: request.signal, vanishedSocket: request.vanishedSocket }, deps);
+    return { outcome: report.state as ReleaseResult["outcome"], thawedCount: 0, lease: report.lease, agentStatus: report.agentStatus };
+  }
+  const lease = r.record ? toLease(r.record) : undefined;
+  const heldMs = r.ended?.heldMs ?? undefined;
+  if (r.outcome === "vm-gone") return { outcome: "vm-gone", thawedCount: 0, lease, agentStatus: "gone", heldMs };
+  const { thawedCount, writesResumed, hookError } = readThaw(r.thaw, label);
+  const thawedOutside = r.thaw?.before === "thawed";
+  const state = endedState(r.outcome);
+  return {
+    // Writes that resumed before the release mean the window did not hold throughout: as an expired lease.
+    outcome: writesResumed ? "expired" : thawedOutside ? "thawed-outside" : state === "released" ? "released" : (state as ReleaseResult["outcome"]),
+    heldMs,
+    thawedCount,
+    lease,
+    agentStatus: "thawed",
+    ...(writesResumed ? { writesResumed } : {}),
+    ...(hookError ? { thawWarning: hookError.message } : {}),
   };
-  return withSession(target, request.timeouts, deps, request.signal, async (session) => {
-    const agentStatus = await fsfreezeStatus(session);
-    const { lease, ended } = await readRecords(store, target.socketPath);
-    const state = classify(lease, agentStatus, windowId, now(), ended);
-    if (lease?.windowId !== windowId) {
-      // Nothing of ours to thaw; a hold this process still has would only thaw someone else's lease-less guest.
-      heldHere(windowId)?.drop();
-      const outcome: ReleaseResult["outcome"] = state === "released" ? "already-released" : (state as ReleaseResult["outcome"]);
-      return { outcome, thawedCount: 0, lease, agentStatus };
-    }
-    const heldMs = now() - Date.parse(lease.frozenAt);
-    let thawedCount = 0;
-    let writesResumed = false;
-    let thawWarning: string | undefined;
-    if (agentStatus === "frozen") {
-      let hookError: QuiesceError | undefined;
-      ({ thawedCount, writesResumed, hookError } = await thawReadingErrors(session, t.thawSeconds * 1000));
-      thawWarning = hookError?.message;
-      const after = await fsfreezeStatus(session);
-      if (after !== "thawed") {
-        throw new QuiesceError(
-          "FREEZE_MISMATCH",
-          `${label}: thawed window ${windowId} but the agent still reports "${after}". THE GUEST MAY BE FROZEN.`,
-          { target: label, windowId },
-        );
-      }
-    }
-    await store.remove(target.socketPath);
-    if (agentStatus === "frozen") {
-      // Best effort: the thaw is done and verified; a failed record must not turn it into a failed release.
-      await store.writeEnded(target.socketPath, { windowId, how: writesResumed ? "expired" : "released", at: new Date(now()).toISOString() }).catch((err: unknown) => {
-        process.stderr.write(`pulumi-quiesce: ${label}: window ${windowId} released, but its ended record was not written: ${(err as Error).message}\n`);
-      });
-    }
-    await disarmBestEffort(windowId, label);
-    return {
-      // Writes that resumed before the release mean the window did not hold throughout: as an expired lease.
-      outcome: state === "held" && !writesResumed ? "released" : writesResumed ? "expired" : (state as ReleaseResult["outcome"]),
-      heldMs,
-      thawedCount,
-      lease,
-      agentStatus: "thawed",
-      ...(writesResumed ? { writesResumed } : {}),
-      ...(thawWarning ? { thawWarning } : {}),
-    };
-  }, request.vanishedSocket === "vm-gone" ? vmGone : undefined);
 }
 
 /**
- * Break-glass thaw of whatever freeze the guest has, owned or not, and removal of any lease.
- * Only for an operator who knows why (`quiesce thaw --force`).
+ * Break-glass thaw of whatever freeze the guest has, owned or not, and removal of any record (it ends as
+ * `forced`). Only for an operator who knows why (`quiesce thaw --force`).
  */
 export async function forceThaw(
   target: AgentTarget,
@@ -800,14 +786,13 @@ export async function forceThaw(
   deps: LifecycleDeps = {},
 ): Promise<{ thawedCount: number; lease: LeaseRecord | undefined }> {
   const t = resolved(options.timeouts);
-  const store = deps.leaseStore ?? leaseStoreFor(target, deps.pool);
-  return withSession(target, options.timeouts, deps, options.signal, async (session) => {
-    const lease = await store.read(target.socketPath);
-    const { thawedCount } = await thawReadingErrors(session, t.thawSeconds * 1000);
-    if ((await fsfreezeStatus(session)) !== "thawed") {
-      throw new QuiesceError("FREEZE_MISMATCH", `${targetLabel(target)}: thaw did not thaw the guest`, { target: targetLabel(target) });
-    }
-    await store.remove(target.socketPath);
-    return { thawedCount, lease };
-  });
+  const label = targetLabel(target);
+  const r = (await daemonOf(target, deps).request("force", { socket: target.socketPath }, { signal: options.signal, timeoutMs: releaseTimeoutMs(t) })) as unknown as {
+    record: HostRecord | null;
+    thaw: DaemonThaw | null;
+  };
+  if (r.thaw?.status !== "thawed") {
+    throw new QuiesceError("FREEZE_MISMATCH", `${label}: the thaw did not thaw the guest (status ${String(r.thaw?.status)})`, { target: label });
+  }
+  return { thawedCount: readThaw(r.thaw, label).thawedCount, lease: r.record ? toLease(r.record) : undefined };
 }

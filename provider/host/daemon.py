@@ -1,0 +1,1006 @@
+#!/usr/bin/env python3
+# pulumi-quiesce host daemon: the one owner of every change pulumi-quiesce makes to a guest's freeze state on
+# this host (DESIGN.md, "The host daemon"). One per lease directory; python3 >= 3.6 (RHEL 8's platform-python),
+# standard library only. It is fed to `python3 - DIR` on stdin: no copy of it is ever run from a file.
+#
+# Records. One per guest, keyed by the agent socket's identity (device and inode of the resolved path, never the
+# spelling the client typed). A claim is a compare-and-set, release and end a compare-and-delete by window id; all
+# of them run on this process's one event loop, so nothing interleaves. Records are persisted (claim-*.json) so a
+# restarted daemon still ends them; how a window ended is kept in ended-<windowId>.json.
+#
+# The agent connection. From claim to end the daemon keeps the guest's agent socket open (the chardev serves one
+# client at a time, so nothing else can freeze or thaw the guest meanwhile). The client's QGA session runs over a
+# relay onto it; the deadline, a holder's disconnect or silence, and a release cut any relay, then the daemon
+# syncs, thaws, verifies "thawed", records how the window ended and removes the record.
+#
+# Protocol on DIR/daemon.sock (0600, in a 0700 directory owned by this user): one JSON object per line.
+# Requests carry "id" and "op"; each reply carries the same "id" with "ok": true, or "ok": false plus "code" and
+# "message". Requests on one connection run concurrently. Ops:
+#   hello                                   -> version, pid, supervisor
+#   beat                                    (no reply: a holder's heartbeat)
+#   claim   socket windowId owner selection claimMs agentMs thawMs
+#                                           -> record. This connection holds the window: if it closes, or is
+#                                              silent for HOLD_SILENCE s, the window ends ("disconnected").
+#   arm     windowId leaseMs                -> record, with frozenAt = now and the deadline leaseMs later
+#   unhold  windowId                        -> the window no longer ends when this connection closes
+#   attach  windowId                        -> this connection holds the window again (a holder re-arming)
+#   relay   windowId                        -> {ok}, then the connection is a raw byte pipe to the agent
+#   status  socket? windowId?               -> agentStatus (frozen|thawed|gone), record, ended
+#   release windowId thaw                   -> outcome, thaw {count, error, status}, record, ended
+#   force   socket                          -> break-glass thaw of the guest, and removal of any record
+#   list                                    -> records
+import asyncio, errno, fcntl, json, os, random, re, resource, signal, socket, stat, sys, time, traceback
+
+VERSION = "3"
+AGENT_TIMEOUT = 10.0      # seconds: sync and ordinary agent commands issued by the daemon
+HOLD_SILENCE = 15.0       # seconds without a byte from a holder (it beats every 2 s) before it counts as gone
+REATTACH_GRACE = 15.0     # seconds a record loaded at start waits for its holder to re-attach
+IDLE_EXIT = 60.0          # seconds with no record and no client before the daemon exits
+RETRY_MAX = 5.0           # seconds: a failing thaw is retried with backoff up to this interval
+ENDED_KEEP = 7 * 86400    # seconds an ended record is kept
+WINDOW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+CLAIM_FILE = re.compile(r"^claim-[0-9]+-[0-9]+\.json$")
+ENDED_FILE = re.compile(r"^ended-([A-Za-z0-9][A-Za-z0-9._-]{0,127})\.json$")
+EXIT_REFUSED = 4          # the lease directory failed the trust checks
+
+
+class Refused(Exception):
+    """The lease directory cannot be trusted; the message says what to do."""
+
+
+class Failure(Exception):
+    """A request failed: code and message go back to the client."""
+
+    def __init__(self, code, message, **fields):
+        Exception.__init__(self, message)
+        self.code, self.message, self.fields = code, message, fields
+
+
+class VmGone(Exception):
+    """The agent socket no longer exists, or is another one now: the VM stopped, and its freeze with it."""
+
+
+def iso(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + (".%03dZ" % int((t % 1) * 1000))
+
+
+# ---- trust -------------------------------------------------------------------------------------------------
+
+def check_dir(path):
+    """Makes sure DIR can be trusted with freeze state: owned by us, not writable by group or others, no
+    symbolic link, and every ancestor owned by root or us and not writable by others unless sticky."""
+    if not os.path.isabs(path):
+        raise Refused("the lease directory %s is not an absolute path" % path)
+    uid = os.geteuid()
+    parent = os.path.dirname(path.rstrip("/")) or "/"
+    if not os.path.isdir(parent):
+        os.makedirs(parent, 0o700)
+    real_parent = os.path.realpath(parent)
+    p = real_parent
+    while True:
+        st = os.stat(p)
+        if st.st_uid not in (0, uid):
+            raise Refused("the lease directory's ancestor %s is owned by uid %d: another user could replace the lease directory. "
+                          "Choose a leaseDir (--lease-dir) under a directory owned by root or by this user" % (p, st.st_uid))
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            raise Refused("the lease directory's ancestor %s is writable by group or others (mode %o) without the sticky bit: "
+                          "another user could replace the lease directory. Choose a leaseDir (--lease-dir) elsewhere, e.g. "
+                          "/run/pulumi-quiesce" % (p, stat.S_IMODE(st.st_mode)))
+        if p == "/":
+            break
+        p = os.path.dirname(p)
+    full = os.path.join(real_parent, os.path.basename(path.rstrip("/")))
+    try:
+        os.mkdir(full, 0o700)
+    except OSError as e:
+        if e.errno != errno.EEXIST:
+            raise
+    st = os.lstat(full)
+    if stat.S_ISLNK(st.st_mode):
+        raise Refused("the lease directory %s is a symbolic link; give the directory itself as leaseDir (--lease-dir)" % full)
+    if not stat.S_ISDIR(st.st_mode):
+        raise Refused("the lease directory %s is not a directory; remove it, or choose another leaseDir (--lease-dir)" % full)
+    if st.st_uid != uid:
+        raise Refused("the lease directory %s is owned by uid %d, not by this user (uid %d): another user could forge or remove "
+                      "leases. Run `chown %d %s` on the host, or choose another leaseDir (--lease-dir)" % (full, st.st_uid, uid, uid, full))
+    if st.st_mode & 0o022:
+        raise Refused("the lease directory %s is writable by group or others (mode %o): another user could forge or remove "
+                      "leases, or make the daemon thaw any socket. Run `chmod 700 %s` on the host, or choose another leaseDir "
+                      "(--lease-dir)" % (full, stat.S_IMODE(st.st_mode), full))
+    return full
+
+
+def open_private(path, flags):
+    """Opens a file in the lease directory without following a symbolic link planted at its name."""
+    return os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+
+
+def write_json(dirpath, name, value):
+    """Atomically replaces dirpath/name: an unpredictable temp name created exclusively, then renamed over (a
+    rename replaces a symbolic link at the name, it never writes through it)."""
+    tmp = os.path.join(dirpath, ".tmp-%s" % os.urandom(8).hex())
+    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(value) + "\n")
+        os.rename(tmp, os.path.join(dirpath, name))
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_json(dirpath, name):
+    fd = open_private(os.path.join(dirpath, name), os.O_RDONLY)
+    with os.fdopen(fd) as f:
+        return json.load(f)
+
+
+def unlink_quiet(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+# ---- the agent connection ----------------------------------------------------------------------------------
+
+class AgentConn(asyncio.Protocol):
+    """The daemon's connection to one guest's agent socket. Bytes go to the relay while one is attached, else to
+    the daemon's own minimal QGA client (0xFF + guest-sync-delimited, then one command at a time)."""
+
+    def __init__(self, on_lost):
+        self.transport = None
+        self.buf = b""
+        self.sink = None
+        self.closed = False
+        self.on_lost = on_lost
+        self.waiter = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        if self.sink is not None:
+            self.sink(data)
+            return
+        self.buf += data
+        self._wake()
+
+    def connection_lost(self, exc):
+        self.closed = True
+        if self.sink is not None:
+            self.sink(None)
+        self._wake()
+        self.on_lost(self)
+
+    def _wake(self):
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def close(self):
+        if self.transport is not None:
+            self.transport.close()
+
+    def write(self, data):
+        if not self.closed:
+            self.transport.write(data)
+
+    async def _line(self, deadline):
+        loop = asyncio.get_event_loop()
+        while b"\n" not in self.buf:
+            if self.closed:
+                raise ConnectionError("the agent socket closed")
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise asyncio.TimeoutError()
+            self.waiter = loop.create_future()
+            try:
+                await asyncio.wait_for(self.waiter, remaining)
+            finally:
+                self.waiter = None
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line
+
+    async def sync(self, timeout):
+        sync_id = random.randint(1, 2 ** 31 - 2)
+        self.buf = b""
+        self.write(b"\xff" + json.dumps({"execute": "guest-sync-delimited", "arguments": {"id": sync_id}}).encode() + b"\n")
+        deadline = asyncio.get_event_loop().time() + timeout
+        while True:
+            line = await self._line(deadline)
+            if b"\xff" in line:
+                line = line[line.rindex(b"\xff") + 1:]
+            try:
+                if json.loads(line.decode("utf-8", "replace")).get("return") == sync_id:
+                    return
+            except (ValueError, AttributeError):
+                pass  # a stale reply, the parser-reset error, or half a line: discarded until our own reply
+
+    async def execute(self, command, timeout):
+        """One command: ("return", value) or ("error", {"class", "desc"})."""
+        self.write(json.dumps({"execute": command}).encode() + b"\n")
+        reply = json.loads((await self._line(asyncio.get_event_loop().time() + timeout)).decode("utf-8", "replace"))
+        if isinstance(reply, dict) and isinstance(reply.get("error"), dict):
+            return "error", {"class": str(reply["error"].get("class")), "desc": str(reply["error"].get("desc"))}
+        if not isinstance(reply, dict) or "return" not in reply:
+            raise ValueError("not a QGA reply: %r" % (reply,))
+        return "return", reply["return"]
+
+
+def identity(path):
+    """(resolved path, dev, ino) of an agent socket; Failure with the errno's meaning otherwise."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise Failure("INVALID_INPUT", "socket %r is not an absolute path" % (path,))
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+    except FileNotFoundError:
+        raise Failure("SOCKET_MISSING", "%s does not exist on the host (the VM is not running, or the path is wrong)" % path)
+    except PermissionError:
+        raise Failure("SOCKET_NO_ACCESS", "%s cannot be reached by this user (a directory on its path is not searchable)" % path)
+    except OSError as e:
+        raise Failure("SOCKET_UNREACHABLE", "%s: %s" % (path, e.strerror))
+    if not stat.S_ISSOCK(st.st_mode):
+        raise Failure("SOCKET_NOT_A_SOCKET", "%s exists but is not a UNIX socket (resolved: %s)" % (path, real))
+    return real, st.st_dev, st.st_ino
+
+
+def connect_failure(path, e):
+    if isinstance(e, FileNotFoundError):
+        return Failure("SOCKET_MISSING", "%s does not exist on the host" % path)
+    if isinstance(e, PermissionError):
+        return Failure("SOCKET_NO_ACCESS", "%s: permission denied to this user" % path)
+    if isinstance(e, ConnectionRefusedError):
+        return Failure("SOCKET_UNREACHABLE", "%s refuses connections: nothing listens on it (QEMU is gone?)" % path)
+    if isinstance(e, asyncio.TimeoutError):
+        return Failure("SOCKET_UNREACHABLE", "%s: connect did not complete within %.0f s" % (path, AGENT_TIMEOUT))
+    return Failure("SOCKET_UNREACHABLE", "%s: %s" % (path, e))
+
+
+# ---- records -----------------------------------------------------------------------------------------------
+
+class Guest:
+    """One record: a window's claim on one guest, with the agent connection it keeps."""
+
+    def __init__(self, real, dev, ino):
+        self.key = "%d-%d" % (dev, ino)
+        self.real, self.dev, self.ino = real, dev, ino
+        self.agent = None
+        self.relay = None          # the Client whose connection is the relay, while one is attached
+        self.relay_done = None     # future resolved when the relay detaches
+        self.holders = set()
+        self.ending = None         # the end task, once ending started
+        self.ending_how = None
+        self.timer = None
+        self.grace = None
+        self.lock = asyncio.Lock()
+        self.rec = {}
+
+    def view(self):
+        now = time.time()
+        r = dict(self.rec)
+        r["remainingMs"] = max(0, int((r["deadline"] - now) * 1000))
+        r["ending"] = self.ending is not None
+        r["held"] = bool(self.holders)
+        r["endingHow"] = self.ending_how
+        return r
+
+
+class Client:
+    def __init__(self, reader, writer):
+        self.reader, self.writer = reader, writer
+        self.holds = set()
+        self.last_seen = time.time()
+        self.busy = 0
+        self.closed = False
+
+    def send(self, obj):
+        if not self.closed:
+            self.writer.write((json.dumps(obj) + "\n").encode())
+
+    def abort(self):
+        self.closed = True
+        self.writer.transport.abort()
+
+
+class Daemon:
+    def __init__(self, dirpath, loop, supervisor):
+        self.dir = dirpath
+        self.loop = loop
+        self.supervisor = supervisor
+        self.by_key = {}
+        self.by_window = {}
+        self.ended = {}
+        self.clients = set()
+        self.last_busy = time.time()
+        self.log_fd = open_private(os.path.join(dirpath, "daemon.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        self.stopping = loop.create_future()
+
+    def log(self, msg):
+        try:
+            os.write(self.log_fd, ("%s [%d] %s\n" % (iso(time.time()), os.getpid(), msg)).encode())
+        except OSError:
+            pass  # a full /run must not take the daemon down; the freeze state is in memory and in the records
+
+    # -- persistence --
+
+    def persist(self, guest):
+        write_json(self.dir, "claim-%s.json" % guest.key, guest.rec)
+
+    def load(self):
+        now = time.time()
+        for name in sorted(os.listdir(self.dir)):
+            m = ENDED_FILE.match(name)
+            if m:
+                try:
+                    rec = read_json(self.dir, name)
+                    if now - os.lstat(os.path.join(self.dir, name)).st_mtime > ENDED_KEEP:
+                        os.unlink(os.path.join(self.dir, name))
+                    elif isinstance(rec, dict):
+                        self.ended[m.group(1)] = rec
+                except (OSError, ValueError) as e:
+                    self.log("ignoring ended record %s: %s" % (name, e))
+                continue
+            if name.startswith(".tmp-"):
+                unlink_quiet(os.path.join(self.dir, name))
+                continue
+            if not CLAIM_FILE.match(name):
+                continue
+            try:
+                rec = read_json(self.dir, name)
+                real, dev, ino = rec["real"], int(rec["dev"]), int(rec["ino"])
+                if name != "claim-%d-%d.json" % (dev, ino) or not WINDOW_ID.match(rec["windowId"]):
+                    raise ValueError("inconsistent record")
+                float(rec["deadline"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                self.log("ignoring claim record %s: %s" % (name, e))
+                continue
+            guest = Guest(real, dev, ino)
+            guest.rec = rec
+            self.by_key[guest.key] = guest
+            self.by_window[rec["windowId"]] = guest
+            self.log("window %s: record loaded (deadline %s)" % (rec["windowId"], iso(rec["deadline"])))
+            self.arm_timer(guest)
+            if rec.get("holdRequired"):
+                guest.grace = self.loop.call_later(REATTACH_GRACE, self.grace_over, guest)
+
+    def grace_over(self, guest):
+        guest.grace = None
+        if not guest.holders and self.by_window.get(guest.rec["windowId"]) is guest:
+            self.log("window %s: its holder did not re-attach within %.0f s" % (guest.rec["windowId"], REATTACH_GRACE))
+            self.end(guest, "disconnected")
+
+    def arm_timer(self, guest):
+        if guest.timer is not None:
+            guest.timer.cancel()
+        guest.timer = self.loop.call_later(max(0.0, guest.rec["deadline"] - time.time()), self.end, guest, "expired")
+
+    # -- the agent connection --
+
+    def on_agent_lost(self, guest, conn):
+        if guest.agent is not conn:
+            return
+        guest.agent = None
+        if self.by_window.get(guest.rec.get("windowId")) is guest and guest.ending is None:
+            try:
+                real, dev, ino = identity(guest.real)
+                gone = (dev, ino) != (guest.dev, guest.ino)
+            except Failure as f:
+                gone = f.code in ("SOCKET_MISSING", "SOCKET_NOT_A_SOCKET")
+            if gone:
+                self.log("window %s: the agent socket %s is gone" % (guest.rec["windowId"], guest.real))
+                self.end(guest, "vm-gone")
+
+    async def agent_of(self, guest):
+        """The guest's agent connection, reconnected if it dropped; VmGone if the socket is not the claimed one."""
+        if guest.agent is not None and not guest.agent.closed:
+            return guest.agent
+        try:
+            real, dev, ino = identity(guest.real)
+        except Failure as f:
+            if f.code in ("SOCKET_MISSING", "SOCKET_NOT_A_SOCKET"):
+                raise VmGone()
+            raise
+        if (dev, ino) != (guest.dev, guest.ino):
+            raise VmGone()
+        try:
+            _, conn = await asyncio.wait_for(
+                self.loop.create_unix_connection(lambda: AgentConn(lambda c: self.on_agent_lost(guest, c)), guest.real), AGENT_TIMEOUT)
+        except ConnectionRefusedError:
+            raise VmGone()  # the socket file outlived its QEMU: the freeze ended with it
+        except (OSError, asyncio.TimeoutError) as e:
+            raise connect_failure(guest.real, e)
+        guest.agent = conn
+        return conn
+
+    def cut_relay(self, guest):
+        if guest.relay is not None:
+            guest.relay.abort()
+
+    # -- ending: the one path that thaws a window's guest --
+
+    def end(self, guest, how):
+        """Ends guest's window (idempotent): cuts any relay, thaws, verifies, records, removes. Returns a future of
+        the first attempt's outcome; failed attempts are retried in the background while the record stands."""
+        if guest.ending is None:
+            guest.ending_how = how
+            guest.first = self.loop.create_future()
+            guest.ending = asyncio.ensure_future(self.end_loop(guest, how))
+            self.cut_relay(guest)
+        return guest.first
+
+    async def end_loop(self, guest, how):
+        wid = guest.rec["windowId"]
+        backoff = 0.2
+        while self.by_window.get(wid) is guest:
+            result = None
+            try:
+                result = await self.end_once(guest, how)
+            except VmGone:
+                self.finish(guest, "vm-gone", {"count": None, "error": None, "status": "gone"})
+                result = {"how": "vm-gone", "thaw": {"count": None, "error": None, "status": "gone"}}
+            except Exception as e:  # noqa: BLE001 - logged, answered, and retried while the record stands
+                self.log("window %s: thaw (%s) failed, will retry: %r" % (wid, how, e))
+                if guest.agent is not None:
+                    guest.agent.close()
+                if not guest.first.done():
+                    guest.first.set_result({"failed": "%s" % (e,) or e.__class__.__name__})
+            if result is not None:
+                if not guest.first.done():
+                    guest.first.set_result(result)
+                return
+            await asyncio.sleep(backoff)  # a retry interval, not a readiness wait
+            backoff = min(RETRY_MAX, backoff * 2)
+
+    async def end_once(self, guest, how):
+        wid = guest.rec["windowId"]
+        # The relay was cut; wait for it to detach (its reader sees the abort at once), bounded.
+        async with guest.lock:
+            if self.by_window.get(wid) is not guest:
+                return {"how": how, "thaw": None}
+            if not guest.rec.get("armedAt") and how != "forced":
+                # Never armed: the client froze nothing under this claim (it arms, and waits for the answer, before
+                # its freeze), so a freeze found now is someone else's. The claim goes; the guest is not touched.
+                self.finish(guest, how, None)
+                return {"how": how, "thaw": None}
+            agent = await self.agent_of(guest)
+            await agent.sync(AGENT_TIMEOUT)
+            before = None
+            if how == "released":
+                kind, before = await agent.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
+                before = before if kind == "return" else None
+            count, err = None, None
+            if before != "thawed":
+                kind, value = await agent.execute("guest-fsfreeze-thaw", guest.rec.get("thawMs", 30000) / 1000.0)
+                # qemu-ga thaws and clears its flag before the fsfreeze hook runs with "thaw", and on Windows it
+                # reports that VSS had let writes resume: an error reply may come with the guest thawed. The status
+                # decides.
+                if kind == "return":
+                    count = value
+                else:
+                    err = value
+            kind, status = await agent.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
+            if kind != "return" or status != "thawed":
+                raise RuntimeError("after the thaw the agent reports %r" % (status,))
+            thaw = {"count": count, "error": err, "status": status, "before": before}
+            self.finish(guest, how, thaw)
+            return {"how": how, "thaw": thaw}
+
+    def finish(self, guest, how, thaw):
+        """Compare-and-delete: removes guest's record (still its window's) and records how the window ended."""
+        wid = guest.rec["windowId"]
+        if self.by_window.get(wid) is not guest:
+            return
+        del self.by_window[wid]
+        self.by_key.pop(guest.key, None)
+        for h in list(guest.holders):
+            h.holds.discard(wid)
+        guest.holders.clear()
+        for t in (guest.timer, guest.grace):
+            if t is not None:
+                t.cancel()
+        self.cut_relay(guest)
+        if guest.agent is not None:
+            guest.agent.close()  # outside windows the daemon holds nothing
+            guest.agent = None
+        now = time.time()
+        ended = {"windowId": wid, "how": how, "at": iso(now), "owner": guest.rec.get("owner"),
+                 "frozenAt": guest.rec.get("frozenAt"), "socketPath": guest.rec.get("socketPath"),
+                 "heldMs": int((now - guest.rec.get("armedAt", now)) * 1000) if guest.rec.get("armedAt") else None,
+                 "thawedCount": thaw.get("count") if thaw else None, "status": thaw.get("status") if thaw else None}
+        self.ended[wid] = ended
+        try:
+            unlink_quiet(os.path.join(self.dir, "claim-%s.json" % guest.key))
+            write_json(self.dir, "ended-%s.json" % wid, ended)
+        except OSError as e:
+            self.log("window %s: could not update its files: %s" % (wid, e))
+        self.log("window %s ended (%s): thawed %s, status %s" % (wid, how, ended["thawedCount"], ended["status"]))
+        self.last_busy = now
+
+    # -- requests --
+
+    def guest_of(self, wid):
+        if not isinstance(wid, str) or not WINDOW_ID.match(wid):
+            raise Failure("INVALID_INPUT", "windowId %r is not a window id" % (wid,))
+        return self.by_window.get(wid)
+
+    async def op_hello(self, client, msg):
+        return {"version": VERSION, "pid": os.getpid(), "supervisor": self.supervisor, "dir": self.dir}
+
+    async def op_claim(self, client, msg):
+        wid = msg.get("windowId")
+        if self.guest_of(wid) is not None or wid in self.ended:
+            raise Failure("INVALID_INPUT", "window id %s was used before" % wid)
+        real, dev, ino = identity(msg.get("socket"))
+        key = "%d-%d" % (dev, ino)
+        held = self.by_key.get(key)
+        if held is not None:
+            raise Failure("HELD", "the guest is held by window %s" % held.rec["windowId"], holder=held.view())
+        guest = Guest(real, dev, ino)
+        now = time.time()
+        ms = lambda k, d: int(msg[k]) if isinstance(msg.get(k), (int, float)) and 0 < msg[k] <= 86400000 else d
+        guest.rec = {
+            "version": 3, "windowId": wid, "owner": str(msg.get("owner", "")), "socketPath": msg.get("socket"),
+            "real": real, "dev": dev, "ino": ino,
+            "selection": msg.get("selection") if isinstance(msg.get("selection"), list) else [],
+            "claimedAt": iso(now), "frozenAt": None, "armedAt": None,
+            "deadline": now + ms("claimMs", 60000) / 1000.0, "leaseMs": None,
+            "thawMs": ms("thawMs", 30000), "holdRequired": True,
+        }
+        # The compare-and-set: nothing awaited between the check above and these two lines.
+        self.by_key[key] = guest
+        self.by_window[wid] = guest
+        self.hold(client, guest)
+        try:
+            self.persist(guest)
+            await self.agent_of(guest)
+        except VmGone:
+            self.drop_claim(guest)
+            raise Failure("SOCKET_UNREACHABLE", "%s refuses connections: nothing listens on it (QEMU is gone?)" % real)
+        except BaseException:
+            self.drop_claim(guest)
+            raise
+        self.arm_timer(guest)
+        self.log("window %s: claimed %s (%s) for %s" % (wid, real, key, guest.rec["owner"]))
+        return {"record": guest.view()}
+
+    def drop_claim(self, guest):
+        """Removes a claim under which nothing was frozen (the claim itself failed)."""
+        wid = guest.rec["windowId"]
+        if self.by_window.get(wid) is guest:
+            del self.by_window[wid]
+            self.by_key.pop(guest.key, None)
+            for h in guest.holders:
+                h.holds.discard(wid)
+            unlink_quiet(os.path.join(self.dir, "claim-%s.json" % guest.key))
+            if guest.agent is not None:
+                guest.agent.close()
+            if guest.timer is not None:
+                guest.timer.cancel()
+
+    def hold(self, client, guest):
+        guest.holders.add(client)
+        client.holds.add(guest.rec["windowId"])
+        if guest.grace is not None:
+            guest.grace.cancel()
+            guest.grace = None
+
+    def live(self, msg):
+        guest = self.guest_of(msg.get("windowId"))
+        if guest is None:
+            raise Failure("NOT_HELD", "window %s holds no guest here" % msg.get("windowId"), ended=self.ended.get(msg.get("windowId")))
+        if guest.ending is not None:
+            raise Failure("NOT_HELD", "window %s is ending" % msg.get("windowId"))
+        return guest
+
+    async def op_arm(self, client, msg):
+        guest = self.live(msg)
+        lease = msg.get("leaseMs")
+        if not isinstance(lease, (int, float)) or not 0 < lease <= 86400000:
+            raise Failure("INVALID_INPUT", "leaseMs %r is not a lease length in ms" % (lease,))
+        now = time.time()
+        guest.rec.update({"frozenAt": iso(now), "armedAt": now, "deadline": now + lease / 1000.0, "leaseMs": int(lease)})
+        if isinstance(msg.get("selection"), list):
+            guest.rec["selection"] = msg["selection"]
+        self.persist(guest)
+        self.arm_timer(guest)
+        return {"record": guest.view()}
+
+    async def op_unhold(self, client, msg):
+        guest = self.live(msg)
+        guest.holders.discard(client)
+        client.holds.discard(guest.rec["windowId"])
+        if not guest.holders:
+            guest.rec["holdRequired"] = False
+            self.persist(guest)
+        return {"record": guest.view()}
+
+    async def op_attach(self, client, msg):
+        guest = self.live(msg)
+        self.hold(client, guest)
+        return {"record": guest.view()}
+
+    async def op_relay(self, client, msg):
+        guest = self.live(msg)
+        try:
+            await asyncio.wait_for(guest.lock.acquire(), AGENT_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise Failure("AGENT_BUSY", "window %s: the agent connection stayed busy for %.0f s" % (guest.rec["windowId"], AGENT_TIMEOUT))
+        try:
+            if guest.ending is not None or self.by_window.get(guest.rec["windowId"]) is not guest:
+                raise Failure("NOT_HELD", "window %s ended" % guest.rec["windowId"])
+            try:
+                agent = await self.agent_of(guest)
+            except VmGone:
+                self.end(guest, "vm-gone")
+                raise Failure("SOCKET_MISSING", "the agent socket of window %s is gone" % guest.rec["windowId"])
+        except BaseException:
+            guest.lock.release()
+            raise
+        return {"relay": (guest, agent)}
+
+    async def run_relay(self, client, guest, agent):
+        """Pipes bytes between the client and the agent until either side closes or the daemon cuts the relay."""
+        guest.relay = client
+        agent.buf = b""
+        writer = client.writer
+
+        def to_client(data):
+            if data is None:
+                client.abort()
+            elif not client.closed:
+                writer.write(data)
+
+        agent.sink = to_client
+        try:
+            while not client.closed:
+                data = await client.reader.read(65536)
+                if not data:
+                    break
+                client.last_seen = time.time()
+                if guest.relay is client:
+                    agent.write(data)
+        except (ConnectionError, OSError):
+            pass  # the relay's channel went away: detaching is all there is to do
+        finally:
+            if agent.sink is to_client:
+                agent.sink = None
+            if guest.relay is client:
+                guest.relay = None
+            guest.lock.release()
+
+    async def agent_status_of(self, guest):
+        """guest-fsfreeze-status through the held connection, between relay uses."""
+        try:
+            await asyncio.wait_for(guest.lock.acquire(), AGENT_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise Failure("AGENT_BUSY", "window %s: the agent connection stayed busy for %.0f s" % (guest.rec["windowId"], AGENT_TIMEOUT))
+        try:
+            agent = await self.agent_of(guest)
+            await agent.sync(AGENT_TIMEOUT)
+            kind, value = await agent.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
+            if kind != "return":
+                raise Failure("AGENT_COMMAND_FAILED", "guest-fsfreeze-status: %s" % value.get("desc"))
+            return value
+        except VmGone:
+            return "gone"
+        except (asyncio.TimeoutError, ConnectionError) as e:
+            if guest.agent is not None:
+                guest.agent.close()
+            raise Failure("AGENT_TIMEOUT", "guest-fsfreeze-status through the held agent connection: %r" % (e,))
+        finally:
+            guest.lock.release()
+
+    async def transient_status(self, real):
+        """Status of a guest no window holds: a connection for this one command, closed at once."""
+        try:
+            _, conn = await asyncio.wait_for(self.loop.create_unix_connection(lambda: AgentConn(lambda c: None), real), AGENT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as e:
+            raise connect_failure(real, e)
+        try:
+            await conn.sync(AGENT_TIMEOUT)
+            kind, value = await conn.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
+            if kind != "return":
+                raise Failure("AGENT_COMMAND_FAILED", "guest-fsfreeze-status: %s" % value.get("desc"))
+            return value
+        except asyncio.TimeoutError:
+            raise Failure("AGENT_TIMEOUT", "%s: the agent did not answer within %.0f s" % (real, AGENT_TIMEOUT))
+        finally:
+            conn.close()
+
+    async def op_status(self, client, msg):
+        wid = msg.get("windowId")
+        mine = self.guest_of(wid) if wid is not None else None
+        guest = mine
+        if guest is None and msg.get("socket") is not None:
+            try:
+                real, dev, ino = identity(msg.get("socket"))
+            except Failure as f:
+                if f.code != "SOCKET_MISSING":
+                    raise
+                return {"agentStatus": "gone", "record": None, "ended": self.ended.get(wid)}
+            guest = self.by_key.get("%d-%d" % (dev, ino))
+            if guest is None:
+                return {"agentStatus": await self.transient_status(real), "record": None, "ended": self.ended.get(wid)}
+        if guest is None:
+            return {"agentStatus": None, "record": None, "ended": self.ended.get(wid)}
+        status = await self.agent_status_of(guest) if guest.ending is None else None
+        return {"agentStatus": status, "record": guest.view(), "ended": None}
+
+    async def op_release(self, client, msg):
+        wid = msg.get("windowId")
+        guest = self.guest_of(wid)
+        if guest is None:
+            return {"outcome": "not-held", "ended": self.ended.get(wid)}
+        record = guest.view()
+        if not msg.get("thaw") and not guest.rec.get("armedAt"):
+            if guest.ending is not None:
+                raise Failure("NOT_HELD", "window %s is ending" % wid)
+            # The client froze nothing under this claim (it failed before the freeze, or found a freeze made
+            # outside pulumi-quiesce): the claim goes, the guest is not touched.
+            self.drop_claim(guest)
+            self.log("window %s: claim withdrawn before any freeze" % wid)
+            return {"outcome": "withdrawn", "record": record}
+        how = "expired" if guest.ending is None and time.time() >= guest.rec["deadline"] else "released"
+        result = await asyncio.shield(self.end(guest, how))
+        if "failed" in result:
+            raise Failure("THAW_FAILED", "the thaw of window %s failed: %s. The daemon keeps trying until the agent thaws the guest"
+                          % (wid, result["failed"]), record=record)
+        ended = self.ended.get(wid)
+        return {"outcome": ended["how"] if ended else result["how"], "record": record, "thaw": result.get("thaw"), "ended": ended}
+
+    async def op_force(self, client, msg):
+        real, dev, ino = identity(msg.get("socket"))
+        guest = self.by_key.get("%d-%d" % (dev, ino))
+        if guest is not None:
+            record = guest.view()
+            result = await asyncio.shield(self.end(guest, "forced"))
+            if "failed" in result:
+                raise Failure("THAW_FAILED", "the thaw failed: %s" % result["failed"])
+            return {"record": record, "thaw": result.get("thaw")}
+        try:
+            _, conn = await asyncio.wait_for(self.loop.create_unix_connection(lambda: AgentConn(lambda c: None), real), AGENT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as e:
+            raise connect_failure(real, e)
+        try:
+            await conn.sync(AGENT_TIMEOUT)
+            kind, value = await conn.execute("guest-fsfreeze-thaw", AGENT_TIMEOUT * 3)
+            skind, status = await conn.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
+            return {"record": None, "thaw": {"count": value if kind == "return" else None, "error": value if kind == "error" else None,
+                                              "status": status if skind == "return" else None}}
+        except asyncio.TimeoutError:
+            raise Failure("AGENT_TIMEOUT", "%s: the agent did not answer within %.0f s" % (real, AGENT_TIMEOUT))
+        finally:
+            conn.close()
+
+    async def op_list(self, client, msg):
+        return {"records": [g.view() for g in self.by_window.values()]}
+
+    OPS = {"hello": op_hello, "claim": op_claim, "arm": op_arm, "unhold": op_unhold, "attach": op_attach,
+           "relay": op_relay, "status": op_status, "release": op_release, "force": op_force, "list": op_list}
+
+    async def run_request(self, client, msg):
+        rid = msg.get("id")
+        client.busy += 1
+        try:
+            op = Daemon.OPS.get(msg.get("op"))
+            if op is None:
+                raise Failure("BAD_REQUEST", "unknown op %r" % (msg.get("op"),))
+            reply = await op(self, client, msg)
+            relay = reply.pop("relay", None) if isinstance(reply, dict) else None
+            client.send(dict(reply, id=rid, ok=True))
+            return relay
+        except Failure as f:
+            client.send(dict(f.fields, id=rid, ok=False, code=f.code, message=f.message))
+        except Exception as e:  # noqa: BLE001 - a bad request never takes the daemon down
+            self.log("request %r failed: %s" % (msg.get("op"), traceback.format_exc()))
+            client.send({"id": rid, "ok": False, "code": "DAEMON_ERROR", "message": "%s: %s" % (e.__class__.__name__, e)})
+        finally:
+            client.busy -= 1
+            client.last_seen = time.time()
+        return None
+
+    async def serve_client(self, reader, writer):
+        client = Client(reader, writer)
+        self.clients.add(client)
+        self.last_busy = time.time()
+        tasks = set()
+        try:
+            while not client.closed:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    client.send({"ok": False, "code": "BAD_REQUEST", "message": "line too long"})
+                    break
+                except (ConnectionError, OSError):
+                    break
+                if not line:
+                    break
+                client.last_seen = time.time()
+                try:
+                    msg = json.loads(line.decode("utf-8", "replace"))
+                    if not isinstance(msg, dict):
+                        raise ValueError("not an object")
+                except ValueError:
+                    client.send({"ok": False, "code": "BAD_REQUEST", "message": "not a JSON object"})
+                    continue
+                if msg.get("op") == "beat":
+                    continue
+                if msg.get("op") == "relay":
+                    # The connection turns into a pipe: no more requests on it.
+                    for t in list(tasks):
+                        await t
+                    relay = await self.run_request(client, msg)
+                    if relay is not None:
+                        await self.run_relay(client, relay[0], relay[1])
+                    break
+                t = asyncio.ensure_future(self.run_request(client, msg))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+        finally:
+            client.closed = True
+            self.clients.discard(client)
+            writer.close()
+            self.client_gone(client)
+
+    def client_gone(self, client):
+        for wid in list(client.holds):
+            guest = self.by_window.get(wid)
+            if guest is None:
+                continue
+            guest.holders.discard(client)
+            if not guest.holders and guest.ending is None:
+                self.log("window %s: its holder went away" % wid)
+                self.end(guest, "disconnected")
+        client.holds.clear()
+        self.last_busy = time.time()
+
+    async def housekeeping(self, server, sock_ino):
+        while True:
+            await asyncio.sleep(1.0)  # a periodic check, not a readiness wait
+            now = time.time()
+            for c in list(self.clients):
+                if c.holds and not c.busy and now - c.last_seen > HOLD_SILENCE:
+                    self.log("a holder of %s sent nothing for %.0f s: treating it as gone" % (sorted(c.holds), HOLD_SILENCE))
+                    c.abort()
+                    self.client_gone(c)
+            if self.by_window or self.clients:
+                self.last_busy = now
+            elif now - self.last_busy > IDLE_EXIT:
+                server.close()
+                try:
+                    if os.lstat(os.path.join(self.dir, "daemon.sock")).st_ino == sock_ino:
+                        os.unlink(os.path.join(self.dir, "daemon.sock"))
+                except OSError:
+                    pass
+                self.log("idle, exiting")
+                self.stopping.set_result(None)
+                return
+
+
+def raise_fd_limit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass  # keep the soft limit: the daemon then serves fewer windows at once, and says so when accept fails
+
+
+def take_lock(dirpath):
+    """The lock that makes this process the one daemon of the directory (released when the process dies)."""
+    fd = open_private(os.path.join(dirpath, "daemon.lock"), os.O_RDWR | os.O_CREAT)
+    deadline = time.time() + 10.0
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            pass
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(os.path.join(dirpath, "daemon.sock"))
+            return None  # another daemon serves this directory
+        except OSError:
+            pass  # it is starting (bound, not yet listening) or exiting: the lock frees or the socket answers
+        finally:
+            probe.close()
+        if time.time() > deadline:
+            raise Refused("another process holds %s/daemon.lock but does not answer on daemon.sock" % dirpath)
+        time.sleep(0.02)  # bounded retry between two other processes' steps; see the deadline above
+
+
+def bind(dirpath):
+    path = os.path.join(dirpath, "daemon.sock")
+    unlink_quiet(path)  # under the lock: a socket left here is a dead daemon's
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    os.chmod(path, 0o600)
+    server.listen(1024)
+    server.setblocking(False)
+    return server, os.lstat(path).st_ino
+
+
+def serve(dirpath, server, sock_ino, supervisor):
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    d = Daemon(dirpath, loop, supervisor)
+    d.log("daemon %s serving %s" % (VERSION, dirpath))
+    d.load()
+    srv = loop.run_until_complete(asyncio.start_unix_server(d.serve_client, sock=server, limit=1 << 20))
+    hk = loop.create_task(d.housekeeping(srv, sock_ino))
+    loop.run_until_complete(d.stopping)
+    hk.cancel()
+
+
+def supervise(dirpath, server, sock_ino):
+    """Runs the daemon in a child and restarts it if it dies of anything but its idle exit: its records are on
+    disk, so the new one ends them, and holders re-attach."""
+    me = os.getpid()
+    restarts = []
+    while True:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            try:
+                serve(dirpath, server, sock_ino, me)
+                os._exit(0)
+            except BaseException:
+                sys.stderr.write(traceback.format_exc())
+                os._exit(70)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            return
+        now = time.time()
+        restarts = [t for t in restarts if now - t < 60] + [now]
+        fd = open_private(os.path.join(dirpath, "daemon.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, ("%s [%d] supervisor: the daemon (pid %d) died (status %d); %s\n" % (
+            iso(now), me, pid, status, "restarting" if len(restarts) <= 20 else "giving up")).encode())
+        os.close(fd)
+        if len(restarts) > 20:
+            return
+        time.sleep(0.05)  # pace restarts of a daemon that dies at once
+
+
+def main():
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    foreground = "--foreground" in sys.argv
+    if len(args) != 1:
+        sys.stderr.write("usage: daemon.py LEASE_DIR\n")
+        sys.exit(2)
+    os.umask(0o077)
+    try:
+        dirpath = check_dir(args[0])
+        lock = take_lock(dirpath)
+    except Refused as e:
+        print("REFUSED %s" % e, flush=True)
+        sys.exit(EXIT_REFUSED)
+    if lock is None:
+        print("READY already-running", flush=True)
+        return
+    raise_fd_limit()
+    server, sock_ino = bind(dirpath)
+    if foreground:
+        print("READY foreground %d" % os.getpid(), flush=True)
+        serve(dirpath, server, sock_ino, None)
+        return
+    # Detach: survive the SSH session that started us (new session, no controlling terminal, stdio closed so the
+    # exec's channel closes), then supervise the serving child.
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    print("READY started %d" % os.getpid(), flush=True)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    supervise(dirpath, server, sock_ino)
+
+
+if __name__ == "__main__":
+    main()
