@@ -8,4 +8,5 @@ module.exports = {
   // A tier run on its own still tests a fresh build of dist/ (see the file).
   globalSetup: "<rootDir>/test/globalSetup.js",
   testTimeout: 60000,
+  setupFilesAfterEnv: ["<rootDir>/test/dropHolds.ts"],
 };

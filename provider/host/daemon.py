@@ -29,6 +29,7 @@
 #   release windowId thaw                   -> outcome, thaw {count, error, status}, record, ended
 #   force   socket                          -> break-glass thaw of the guest, and removal of any record
 #   list                                    -> records
+# Events, sent unasked on a holder's connection: {"event": "ended", "windowId", "how"} when a window it holds ends.
 import asyncio, errno, fcntl, json, os, random, re, resource, signal, socket, stat, sys, time, traceback
 
 VERSION = "3"
@@ -307,7 +308,7 @@ class Client:
 
 
 class Daemon:
-    def __init__(self, dirpath, loop, supervisor):
+    def __init__(self, dirpath, loop, supervisor, log_fd):
         self.dir = dirpath
         self.loop = loop
         self.supervisor = supervisor
@@ -316,8 +317,9 @@ class Daemon:
         self.ended = {}
         self.clients = set()
         self.last_busy = time.time()
-        self.log_fd = open_private(os.path.join(dirpath, "daemon.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        self.log_fd = log_fd
         self.stopping = loop.create_future()
+        self.dir_ino = os.lstat(dirpath).st_ino
 
     def log(self, msg):
         try:
@@ -498,6 +500,7 @@ class Daemon:
         self.by_key.pop(guest.key, None)
         for h in list(guest.holders):
             h.holds.discard(wid)
+            h.send({"event": "ended", "windowId": wid, "how": how})  # the holder learns at once
         guest.holders.clear()
         for t in (guest.timer, guest.grace):
             if t is not None:
@@ -867,6 +870,14 @@ class Daemon:
                     self.log("a holder of %s sent nothing for %.0f s: treating it as gone" % (sorted(c.holds), HOLD_SILENCE))
                     c.abort()
                     self.client_gone(c)
+            try:
+                gone = os.lstat(self.dir).st_ino != self.dir_ino
+            except OSError:
+                gone = True
+            if gone and not self.by_window:
+                self.log_fd = -1
+                self.stopping.set_result(None)  # the lease directory was removed: nothing left to serve
+                return
             if self.by_window or self.clients:
                 self.last_busy = now
             elif now - self.last_busy > IDLE_EXIT:
@@ -925,10 +936,20 @@ def bind(dirpath):
     return server, os.lstat(path).st_ino
 
 
-def serve(dirpath, server, sock_ino, supervisor):
+def open_log(dirpath):
+    try:
+        return open_private(os.path.join(dirpath, "daemon.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise Refused("%s/daemon.log is a symbolic link: someone planted it. Remove it, and find out who could write the lease "
+                          "directory" % dirpath)
+        raise
+
+
+def serve(dirpath, server, sock_ino, supervisor, log_fd):
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    d = Daemon(dirpath, loop, supervisor)
+    d = Daemon(dirpath, loop, supervisor, log_fd)
     d.log("daemon %s serving %s" % (VERSION, dirpath))
     d.load()
     srv = loop.run_until_complete(asyncio.start_unix_server(d.serve_client, sock=server, limit=1 << 20))
@@ -937,7 +958,7 @@ def serve(dirpath, server, sock_ino, supervisor):
     hk.cancel()
 
 
-def supervise(dirpath, server, sock_ino):
+def supervise(dirpath, server, sock_ino, log_fd):
     """Runs the daemon in a child and restarts it if it dies of anything but its idle exit: its records are on
     disk, so the new one ends them, and holders re-attach."""
     me = os.getpid()
@@ -947,7 +968,7 @@ def supervise(dirpath, server, sock_ino):
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             try:
-                serve(dirpath, server, sock_ino, me)
+                serve(dirpath, server, sock_ino, me, log_fd)
                 os._exit(0)
             except BaseException:
                 sys.stderr.write(traceback.format_exc())
@@ -957,10 +978,11 @@ def supervise(dirpath, server, sock_ino):
             return
         now = time.time()
         restarts = [t for t in restarts if now - t < 60] + [now]
-        fd = open_private(os.path.join(dirpath, "daemon.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        os.write(fd, ("%s [%d] supervisor: the daemon (pid %d) died (status %d); %s\n" % (
-            iso(now), me, pid, status, "restarting" if len(restarts) <= 20 else "giving up")).encode())
-        os.close(fd)
+        try:
+            os.write(log_fd, ("%s [%d] supervisor: the daemon (pid %d) died (status %d); %s\n" % (
+                iso(now), me, pid, status, "restarting" if len(restarts) <= 20 else "giving up")).encode())
+        except OSError:
+            pass  # a full /run must not stop the restart
         if len(restarts) > 20:
             return
         time.sleep(0.05)  # pace restarts of a daemon that dies at once
@@ -976,6 +998,7 @@ def main():
     try:
         dirpath = check_dir(args[0])
         lock = take_lock(dirpath)
+        log_fd = open_log(dirpath) if lock is not None else None
     except Refused as e:
         print("REFUSED %s" % e, flush=True)
         sys.exit(EXIT_REFUSED)
@@ -986,7 +1009,7 @@ def main():
     server, sock_ino = bind(dirpath)
     if foreground:
         print("READY foreground %d" % os.getpid(), flush=True)
-        serve(dirpath, server, sock_ino, None)
+        serve(dirpath, server, sock_ino, None, log_fd)
         return
     # Detach: survive the SSH session that started us (new session, no controlling terminal, stdio closed so the
     # exec's channel closes), then supervise the serving child.
@@ -999,7 +1022,7 @@ def main():
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
-    supervise(dirpath, server, sock_ino)
+    supervise(dirpath, server, sock_ino, log_fd)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,10 @@ export interface HostRecord {
   readonly claimedAt: string;
   /** When the freeze was issued (the window armed); null while the claim is still being made. */
   readonly frozenAt: string | null;
+  /** When the lease was armed, seconds since the epoch on the host's clock; null before. */
+  readonly armedAt: number | null;
+  /** The lease armed, in milliseconds; null before. */
+  readonly leaseMs: number | null;
   /** The deadline, seconds since the epoch on the host's clock. */
   readonly deadline: number;
   /** Milliseconds left before the deadline, when the daemon answered. */
@@ -160,6 +164,9 @@ interface Pending {
   timer: NodeJS.Timeout;
 }
 
+/** Requests that change nothing, so may be sent again. */
+const READ_ONLY_OPS = new Set(["hello", "status", "list"]);
+
 /** Error codes the daemon may send that are also the package's own. */
 const PASS_THROUGH = new Set<QuiesceErrorCode>([
   "SOCKET_MISSING",
@@ -245,6 +252,21 @@ export class DaemonClient {
        */
       holds?: string;
     } = {},
+  ): Promise<Record<string, unknown>> {
+    try {
+      return await this.requestOnce(op, body, options);
+    } catch (err) {
+      // A read-only request that met a closing channel (the daemon restarted, a holder re-arming) is asked again,
+      // once, on the next channel.
+      if (!READ_ONLY_OPS.has(op) || !isQuiesceError(err, "WATCHDOG_UNAVAILABLE") || err.fields.daemonCode !== undefined) throw err;
+      return this.requestOnce(op, body, options);
+    }
+  }
+
+  private async requestOnce(
+    op: string,
+    body: Record<string, unknown>,
+    options: { signal?: AbortSignal; timeoutMs?: number; holds?: string },
   ): Promise<Record<string, unknown>> {
     if (this.rearming) await this.rearming;
     if (options.holds) this.holding(options.holds);
@@ -387,6 +409,12 @@ export class DaemonClient {
           reply = JSON.parse(line) as Record<string, unknown>;
         } catch (err) {
           process.stderr.write(`pulumi-quiesce: ${this.label}: ignoring a line from the host daemon that is not JSON: ${(err as Error).message}\n`);
+          continue;
+        }
+        if (reply.event === "ended" && typeof reply.windowId === "string") {
+          // The daemon ended a window this channel held (deadline, vanished VM, or this process's own release).
+          if (this.holds.delete(reply.windowId)) this.lost.set(reply.windowId, `the host daemon ended it (${String(reply.how)})`);
+          this.closeIfIdle();
           continue;
         }
         this.settle(Number(reply.id))?.resolve(reply);

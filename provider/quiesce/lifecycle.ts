@@ -10,6 +10,7 @@
  * thawed: any failure after the lease is armed has the daemon thaw, verify and remove the record.
  */
 import { randomBytes } from "node:crypto";
+import type { Duplex } from "node:stream";
 import { QuiesceError, isQuiesceError } from "../errors";
 import { AgentSession, agentCommandError } from "../agent/session";
 import {
@@ -74,7 +75,17 @@ export interface LifecycleDeps {
   readonly pool?: SshPool;
   /** Clock, for tests. Default `Date.now`. Deadlines are kept on the host's clock, never this one. */
   readonly now?: () => number;
+  /**
+   * Called at each step boundary of a create, for fault-injection tests (drop a channel, kill a process): the
+   * step just done, and the relay stream in use then, if any. Default none.
+   */
+  readonly onStep?: (step: CreateStep, io: { readonly relay?: Duplex; readonly daemon: DaemonClient }) => void | Promise<void>;
 }
+
+/** The step boundaries of a create, in order (see {@link LifecycleDeps.onStep}). */
+export const CREATE_STEPS = ["claimed", "relayed", "checked", "planned", "armed", "frozen", "verified", "returned"] as const;
+/** One of {@link CREATE_STEPS}. */
+export type CreateStep = (typeof CREATE_STEPS)[number];
 
 /** What to freeze and for how long. */
 export interface CreateWindowRequest extends Selection {
@@ -252,8 +263,9 @@ function toLease(r: HostRecord): LeaseRecord {
     socketPath: r.socketPath,
     identity: { path: r.real, dev: r.dev, ino: r.ino },
     mountpoints: r.selection,
-    frozenAt: r.frozenAt ?? r.claimedAt,
-    expiresAt: new Date(Math.round(r.deadline * 1000)).toISOString(),
+    frozenAt: r.armedAt ? new Date(Math.round(r.armedAt * 1000)).toISOString() : r.claimedAt,
+    // From the same instant as frozenAt, so that the two differ by exactly the lease.
+    expiresAt: new Date(r.armedAt && r.leaseMs ? Math.round(r.armedAt * 1000) + r.leaseMs : Math.round(r.deadline * 1000)).toISOString(),
     remainingMs: r.remainingMs,
     ending: r.ending,
   };
@@ -289,7 +301,13 @@ export async function openSession(
 }
 
 /** An agent session over a relay onto the agent connection the daemon holds for `windowId` (no idle poll). */
-async function relaySession(daemon: DaemonClient, windowId: string, label: string, t: Required<Timeouts>, signal?: AbortSignal): Promise<AgentSession> {
+async function relaySession(
+  daemon: DaemonClient,
+  windowId: string,
+  label: string,
+  t: Required<Timeouts>,
+  signal?: AbortSignal,
+): Promise<{ session: AgentSession; stream: Duplex }> {
   const stream = await daemon.relay(windowId, { signal, timeoutMs: t.agentSeconds * 1000 + 5_000 });
   const opening = AgentSession.open(stream, {
     target: `${label} (relayed by the host daemon)`,
@@ -299,7 +317,7 @@ async function relaySession(daemon: DaemonClient, windowId: string, label: strin
   });
   // The relay comes paused (nothing the agent sends may be lost before the session listens); it listens now.
   stream.resume();
-  return opening;
+  return { session: await opening, stream };
 }
 
 /** The guest's filesystems (guest-get-fsinfo). Fails with AGENT_FROZEN while frozen. */
@@ -490,14 +508,21 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
     throw err;
   }
   let session: AgentSession | undefined;
+  let relay: Duplex | undefined;
   let armed = false;
+  const step = async (name: CreateStep): Promise<void> => {
+    await deps.onStep?.(name, { relay, daemon });
+  };
   try {
-    session = await relaySession(daemon, windowId, label, t, signal);
+    await step("claimed");
+    ({ session, stream: relay } = await relaySession(daemon, windowId, label, t, signal));
+    await step("relayed");
     // 2. The agent answers, and the guest is thawed. Status comes before guest-info: while frozen the agent
     //    reports the freeze commands as disabled, which would read as an administrator's block. Frozen now means
     //    frozen by someone else: nothing of pulumi-quiesce's, since our claim would have been refused.
     await ping(session, { signal });
     if ((await fsfreezeStatus(session, { signal })) === "frozen") throw alreadyFrozen(label, undefined);
+    await step("checked");
     // 3. fsfreeze is enabled (an administrator can block commands).
     const info = await getInfo(session, { signal });
     const offers = (name: string): boolean => info.commands.some((c) => c.name === name && c.enabled);
@@ -537,6 +562,7 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
     }
     // Only the freeze command this plan uses must be enabled.
     requireEnabled([plan.all ? "guest-fsfreeze-freeze" : "guest-fsfreeze-freeze-list"]);
+    await step("planned");
     // 6. Arm the lease: from the daemon's answer on, its end thaws (before, nothing of ours can be frozen, and an
     //    end only withdraws the claim). The deadline is on the host's clock, from now.
     const armedRecord = toLease(
@@ -549,6 +575,7 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
       ).record as HostRecord,
     );
     armed = true;
+    await step("armed");
     const frozenAtMs = now();
     // 7. Freeze. From here on, every failure has the daemon thaw before it is reported.
     let count: number;
@@ -559,6 +586,7 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
       throw hookMayHang(err, t.freezeSeconds);
     }
     const freezeMs = now() - frozenAtMs;
+    await step("frozen");
     {
       // 8. Verify: the count must match the selection (one per distinct device) and the agent must say frozen.
       //    Freezing everything may also count a read-only mount of a type that cannot be frozen read-write.
@@ -588,6 +616,7 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
         );
       }
     }
+    await step("verified");
     session.close();
     session = undefined;
     if (!(request.thawOnDisconnect ?? true)) {
@@ -595,6 +624,7 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
       await daemon.request("unhold", { windowId }, { signal });
       daemon.forget(windowId);
     }
+    await step("returned");
     return {
       windowId,
       owner,

@@ -9,16 +9,28 @@ import type { CreateWindowRequest } from "../../provider/quiesce/lifecycle";
 const repoRoot = path.resolve(__dirname, "../..");
 const script = `
   const { createWindow } = require("./dist/provider/quiesce/lifecycle");
-  createWindow(JSON.parse(process.argv[1])).then(
+  // QUIESCE_TEST_KILL_AT=<step>: the process SIGKILLs itself at that step boundary of the create.
+  const killAt = process.env.QUIESCE_TEST_KILL_AT;
+  const onStep = (step) => { if (step === killAt) process.kill(process.pid, "SIGKILL"); };
+  createWindow(JSON.parse(process.argv[1]), { onStep }).then(
     (w) => console.log(JSON.stringify(w)),
     (e) => { console.error(e); process.exit(1); });`;
 
 /** Starts the process and resolves once its window is created (the caller must kill `child`). */
 export async function spawnCreator(request: Omit<CreateWindowRequest, "signal">): Promise<{ child: ChildProcess; windowId: string }> {
-  const child = spawn(process.execPath, ["-e", script, JSON.stringify(request)], { cwd: repoRoot, stdio: ["ignore", "pipe", "inherit"] });
+  const child = startCreator(request);
   const windowId = await new Promise<string>((resolve, reject) => {
     child.stdout?.once("data", (d: Buffer) => resolve((JSON.parse(d.toString()) as { windowId: string }).windowId));
     child.once("exit", (code) => reject(new Error(`the creator process exited ${code} before creating the window`)));
   });
   return { child, windowId };
+}
+
+/** Starts the process; with `killAt`, it kills itself (SIGKILL) at that step boundary of the create. */
+export function startCreator(request: Omit<CreateWindowRequest, "signal">, killAt?: string): ChildProcess {
+  return spawn(process.execPath, ["-e", script, JSON.stringify(request)], {
+    cwd: repoRoot,
+    stdio: ["ignore", "pipe", "inherit"],
+    env: { ...process.env, ...(killAt ? { QUIESCE_TEST_KILL_AT: killAt } : {}) },
+  });
 }

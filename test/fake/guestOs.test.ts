@@ -3,6 +3,7 @@
  * lies, all-or-none), freeze hooks (qemu-ga -F), FreeBSD (UFS only), and the crash-consistent fallback.
  * These agents cannot run here, so the fake models each from qemu's qga/ sources (see fakeAgent.ts).
  */
+import { removeLeaseDir } from "./daemonFiles";
 import { execFile } from "node:child_process";
 import * as fs from "node:fs";
 import { promisify } from "node:util";
@@ -32,7 +33,7 @@ beforeEach(() => {
 });
 afterEach(async () => {
   for (const a of agents.splice(0)) await a.stop();
-  fs.rmSync(leaseDir, { recursive: true, force: true });
+  await removeLeaseDir(leaseDir);
 });
 const freezeCommands = (): string[] => agent.log.filter((c) => c.startsWith("guest-fsfreeze-freeze"));
 const lease = () => new LocalLeaseStore(leaseDir).read(target.socketPath);

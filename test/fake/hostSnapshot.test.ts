@@ -1,3 +1,4 @@
+import { removeLeaseDir } from "./daemonFiles";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -14,7 +15,7 @@ beforeEach(async () => {
 });
 afterEach(async () => {
   await agent.stop();
-  fs.rmSync(leaseDir, { recursive: true, force: true });
+  await removeLeaseDir(leaseDir);
 });
 
 async function window(): Promise<HostSnapshotInputs> {

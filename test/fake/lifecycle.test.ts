@@ -2,8 +2,9 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { createWindow, releaseWindow, windowStatus, type AgentTarget } from "../../provider/quiesce/lifecycle";
-import { LocalLeaseStore } from "../../provider/quiesce/lease";
+import { claimFiles, endedPath, readClaim, removeLeaseDir } from "./daemonFiles";
 import { failure } from "./failure";
+import { waitForFile } from "./waitForFile";
 import { defaultFilesystems, FakeAgent, type FakeFilesystem } from "./fakeAgent";
 
 let agent: FakeAgent;
@@ -17,7 +18,8 @@ beforeEach(async () => {
 });
 afterEach(async () => {
   await agent.stop();
-  fs.rmSync(leaseDir, { recursive: true, force: true });
+  // The daemon may still be writing an ended record there.
+  await removeLeaseDir(leaseDir);
 });
 
 
@@ -29,8 +31,7 @@ test("create freezes the selection with freeze-list, verifies, and records the l
   expect(Date.parse(w.expiresAt) - Date.parse(w.frozenAt)).toBe(60_000);
   expect(freezeCommands()).toEqual(["guest-fsfreeze-freeze-list"]);
   expect([...agent.frozen]).toEqual(["/data"]);
-  const lease = await new LocalLeaseStore(leaseDir).read(agent.socketPath);
-  expect(lease).toMatchObject({ windowId: w.windowId, owner: "test/one", mountpoints: ["/data"] });
+  expect(readClaim(leaseDir, agent.socketPath)).toMatchObject({ windowId: w.windowId, owner: "test/one", selection: ["/data"] });
   expect((await windowStatus(target, { windowId: w.windowId })).state).toBe("held");
 });
 
@@ -124,7 +125,7 @@ test("a count mismatch thaws, then fails", async () => {
   expect(err.code).toBe("FREEZE_MISMATCH");
   expect(agent.status).toBe("thawed");
   expect(agent.log.slice(-2)).toEqual(["guest-fsfreeze-thaw", "guest-fsfreeze-status"]);
-  expect(await new LocalLeaseStore(leaseDir).read(agent.socketPath)).toBeUndefined();
+  expect(claimFiles(leaseDir)).toEqual([]);
 });
 
 test("an error in the middle of the freeze leaves the guest thawed", async () => {
@@ -159,7 +160,7 @@ test("release thaws an owned window, verifies, and removes the lease", async () 
   expect(r).toMatchObject({ outcome: "released", thawedCount: 1, agentStatus: "thawed" });
   expect(r.heldMs).toBeGreaterThanOrEqual(0);
   expect(agent.status).toBe("thawed");
-  expect(await new LocalLeaseStore(leaseDir).read(agent.socketPath)).toBeUndefined();
+  expect(claimFiles(leaseDir)).toEqual([]);
   // Releasing again touches nothing.
   const again = await releaseWindow({ target, windowId: w.windowId });
   expect(again).toMatchObject({ outcome: "already-released", thawedCount: 0 });
@@ -179,35 +180,38 @@ test("release after the guest was thawed outside reports it and clears the lease
   agent.frozen.clear();
   const r = await releaseWindow({ target, windowId: w.windowId });
   expect(r.outcome).toBe("thawed-outside");
-  expect(await new LocalLeaseStore(leaseDir).read(agent.socketPath)).toBeUndefined();
+  expect(claimFiles(leaseDir)).toEqual([]);
 });
 
-test("release after the deadline still thaws this window's freeze, and reports it expired", async () => {
+test("past the deadline the daemon has thawed the window; a release then reports it expired", async () => {
   const w = await createWindow({ target, mountpoints: ["/data"], maxDurationSeconds: 1 });
-  const later = Date.parse(w.expiresAt) + 5_000;
-  const r = await releaseWindow({ target, windowId: w.windowId }, { now: () => later });
-  expect(r.outcome).toBe("expired");
+  await waitForFile(endedPath(leaseDir, w.windowId), 10_000);
   expect(agent.status).toBe("thawed");
+  const r = await releaseWindow({ target, windowId: w.windowId });
+  expect(r.outcome).toBe("expired");
 });
 
-test("the VM goes away mid-window: a missing socket is an error unless asked to mean vm-gone; release then frees the lease", async () => {
-  const w = await createWindow({ target, mountpoints: ["/data"], thawOnDisconnect: false });
-  const store = new LocalLeaseStore(leaseDir);
+test("the VM goes away mid-window: the daemon ends the record once as vm-gone, and never acts on a new VM at that path", async () => {
+  const vmDir = fs.mkdtempSync(path.join(os.tmpdir(), "vm-"));
+  const socketPath = path.join(vmDir, "qga.sock");
   await agent.stop();
-  expect((await failure(windowStatus(target, { windowId: w.windowId }))).code).toBe("SOCKET_MISSING");
-  expect((await failure(releaseWindow({ target, windowId: w.windowId }))).code).toBe("SOCKET_MISSING");
-  expect(await store.read(target.socketPath)).toMatchObject({ windowId: w.windowId });
-
-  const report = await windowStatus(target, { windowId: w.windowId, vanishedSocket: "vm-gone" });
-  expect(report).toMatchObject({ state: "vm-gone", agentStatus: "gone", lease: { windowId: w.windowId } });
-  // Another window's lease is never removed, gone VM or not.
-  const other = await releaseWindow({ target, windowId: "qw-0000000000000000", vanishedSocket: "vm-gone" });
-  expect(other).toMatchObject({ outcome: "vm-gone", thawedCount: 0 });
-  expect(await store.read(target.socketPath)).toMatchObject({ windowId: w.windowId });
-
-  const released = await releaseWindow({ target, windowId: w.windowId, vanishedSocket: "vm-gone" });
-  expect(released).toMatchObject({ outcome: "vm-gone", thawedCount: 0, agentStatus: "gone", lease: { windowId: w.windowId } });
-  expect(await store.read(target.socketPath)).toBeUndefined();
+  agent = await FakeAgent.start({ socketPath });
+  target = { socketPath, leaseDir };
+  const w = await createWindow({ target, mountpoints: ["/data"], thawOnDisconnect: false });
+  await agent.stop();
+  const ended = JSON.parse(await waitForFile(endedPath(leaseDir, w.windowId), 10_000)) as { how: string };
+  expect(ended.how).toBe("vm-gone");
+  expect(claimFiles(leaseDir)).toEqual([]);
+  expect((await windowStatus(target, { windowId: w.windowId, vanishedSocket: "vm-gone" })).state).toBe("vm-gone");
+  // Without a record, a missing socket is an error unless asked to mean vm-gone: the path may be wrong.
+  expect((await failure(windowStatus(target))).code).toBe("SOCKET_MISSING");
+  expect((await releaseWindow({ target, windowId: w.windowId })).outcome).toBe("vm-gone");
+  // A new VM at the same path, frozen by someone else: the old window's record is gone, so nothing thaws it.
+  agent = await FakeAgent.start({ socketPath });
+  agent.frozen.add("/data");
+  expect((await windowStatus(target, { windowId: w.windowId })).state).toBe("vm-gone");
+  expect((await windowStatus(target)).state).toBe("frozen-outside");
+  expect(agent.log).not.toContain("guest-fsfreeze-thaw");
 });
 
 describe("a UEFI guest with a bind mount (a vfat /boot/efi, and /srv bound from /data)", () => {

@@ -2,6 +2,7 @@
  * Proxmox VE guests by VMID (issue 13): `proxmox: { vmid }` and `--proxmox-vmid N` reach the agent socket
  * qemu-server makes, /var/run/qemu-server/<vmid>.qga. A fake agent listens there (this machine runs no Proxmox).
  */
+import { removeLeaseDir } from "./daemonFiles";
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import * as fs from "node:fs";
@@ -29,7 +30,7 @@ afterAll(async () => {
   await agent?.stop();
   fs.rmSync(path.join(dir, `${vmid}.qga`), { force: true });
   if (createdDir) fs.rmSync(dir, { recursive: true, force: true });
-  fs.rmSync(leaseDir, { recursive: true, force: true });
+  await removeLeaseDir(leaseDir);
 });
 
 test("a window by VMID freezes that guest, and records the socket it resolved to", async () => {

@@ -7,6 +7,7 @@
  * - the lease names the stack from the program, not from the provider host's environment (item 7).
  * Check, diff and update do no I/O; the owner test creates a real window on the fake agent (local socket).
  */
+import { removeLeaseDir } from "../fake/daemonFiles";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -172,7 +173,7 @@ describe("the lease names the stack", () => {
       expect(agent.status).toBe("thawed");
     } finally {
       await agent.stop();
-      fs.rmSync(leaseDir, { recursive: true, force: true });
+      await removeLeaseDir(leaseDir);
     }
   });
 
@@ -188,7 +189,7 @@ describe("the lease names the stack", () => {
       expect(agent.status).toBe("thawed");
     } finally {
       await agent.stop();
-      fs.rmSync(leaseDir, { recursive: true, force: true });
+      await removeLeaseDir(leaseDir);
     }
   });
 });

@@ -2,6 +2,7 @@
  * QuiescedSnapshot under mocks with the serialized providers running for real, against the fake agent on a
  * local socket: window → snapshots → release, in that order, and the guest thawed at the end.
  */
+import { removeLeaseDir } from "../fake/daemonFiles";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -38,6 +39,6 @@ test("window, then the snapshots, then the release; the guest is thawed after", 
     await run.destroyAll();
   } finally {
     await agent.stop();
-    fs.rmSync(leaseDir, { recursive: true, force: true });
+    await removeLeaseDir(leaseDir);
   }
 });
