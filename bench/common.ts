@@ -41,22 +41,23 @@ export async function thawLocal(socketPath: string): Promise<void> {
   }
 }
 
-function watchdogPid(leaseDir: string): number | undefined {
+/** The host daemon serving `leaseDir`: its worker and supervisor pids, from its own log. */
+function daemonPids(leaseDir: string): number[] {
   let log: string;
   try {
-    log = fs.readFileSync(path.join(leaseDir, "watchdog.log"), "utf8");
+    log = fs.readFileSync(path.join(leaseDir, "daemon.log"), "utf8");
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
     throw err;
   }
-  const pids = [...log.matchAll(/serving .* \(pid (\d+)\)/g)].map((m) => Number(m[1]));
-  return pids[pids.length - 1];
+  const last = [...log.matchAll(/\[(\d+)\] daemon \d+ serving .* \(supervisor (\d+|None)\)/g)].pop();
+  return last ? [last[2], last[1]].filter((p) => p !== "None").map(Number) : [];
 }
 
-function isWatchdogOf(pid: number, leaseDir: string): boolean {
+function isDaemonOf(pid: number, leaseDir: string): boolean {
   try {
-    const cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8");
-    return cmdline.includes("watchdog.py") && cmdline.includes(leaseDir);
+    const argv = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+    return argv[1] === "-" && argv[2] === leaseDir;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "ENOENT") return false;
     throw err;
@@ -64,12 +65,12 @@ function isWatchdogOf(pid: number, leaseDir: string): boolean {
 }
 
 /**
- * Removes a lease directory the benchmark made and stops the watchdog that served it. The watchdog leaves
- * by itself once its directory is gone; it is also sent SIGTERM by its PID (read from its own log, and
- * checked against its command line), so nothing of ours outlives the run.
+ * Removes a lease directory the benchmark made and stops the host daemon that served it. The daemon leaves by
+ * itself once its directory is gone and it holds nothing; it is also signalled by its PIDs (read from its own log,
+ * and checked against their command lines), supervisor first so it does not restart the worker, so nothing of
+ * ours outlives the run.
  */
 export function removeLeaseDir(leaseDir: string): void {
-  const pid = watchdogPid(leaseDir);
-  if (pid !== undefined && isWatchdogOf(pid, leaseDir)) signalIfAlive(pid, "SIGTERM");
+  for (const pid of daemonPids(leaseDir)) if (isDaemonOf(pid, leaseDir)) signalIfAlive(pid, "SIGTERM");
   fs.rmSync(leaseDir, { recursive: true, force: true });
 }

@@ -6,9 +6,8 @@
  *   counted, as in a fresh `pulumi up`), then again on the same, now connected, pool (warm).
  * - perGuest: a new SshPool per guest, so one SSH connection per guest.
  *
- * Every window does the full work: sync, ping, status, info, fsinfo, watchdog ping, lease write (SFTP),
- * watchdog hold, freeze-list, status; the release: sync, status, lease read, thaw, status, ended record,
- * lease removal, disarm.
+ * Every window does the full work: claim (the host daemon connects to its agent), relay, sync, ping, status,
+ * info, fsinfo, arm, freeze-list, status; the release is one daemon request (status, thaw, status, record).
  *
  * The agents run in a child process (bench/fleet.ts): they stand for QEMU processes, so they must not share
  * the measured process's event loop, nor count in its RSS. The measured side runs in a child process of its
@@ -192,7 +191,7 @@ export async function benchFanout(options: FanoutOptions): Promise<FanoutResult>
       const m = await (client as Client).request(request);
       return { m, sshd: lab.acceptedConnections() - before };
     };
-    log(`fan-out: ${largest} fake agents (freeze ${freezeDelayMs} ms) behind sshd :${sshd.port}; warm-up starts the watchdog`);
+    log(`fan-out: ${largest} fake agents (freeze ${freezeDelayMs} ms) behind sshd :${sshd.port}; warm-up starts the host daemon`);
     const warmUp = await measured({ n: 1, pool: "new" });
     if (warmUp.m.failedWindows > 0) throw new Error(`fan-out warm-up failed: ${warmUp.m.failures.join("; ")}`);
     const sizes: FanoutSize[] = [];

@@ -48,13 +48,14 @@ export interface RoundMeasure {
   failures: string[];
   /**
    * When the last window got past each step of its create, in ms since the round started: its agent sync,
-   * fsinfo, watchdog PING, watchdog HOLD, and freeze replies. Shows where a round's time and skew come from.
+   * fsinfo and freeze replies (on the relays onto the agent connections the host daemon holds). Shows where a
+   * round's time and skew come from.
    */
   lastStepMs: Record<CreateStep, number>;
 }
 
 /** Steps of a create, in order, by the request whose reply ends them. */
-export const CREATE_STEPS = ["guest-sync-delimited", "guest-get-fsinfo", "PING", "HOLD", "guest-fsfreeze-freeze-list"] as const;
+export const CREATE_STEPS = ["guest-sync-delimited", "guest-get-fsinfo", "guest-fsfreeze-freeze-list"] as const;
 /** A step of {@link CREATE_STEPS}. */
 export type CreateStep = (typeof CREATE_STEPS)[number];
 

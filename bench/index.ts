@@ -15,7 +15,7 @@ import { evaluateTargets, type TargetCheck } from "./targets";
 export interface BenchOptions {
   /** Part 1 repetitions. Default 15. */
   readonly reps: number;
-  /** Part 2 sizes. Default [10, 200, 500]. */
+  /** Part 2 sizes. Default [10, 200, 1000]. */
   readonly fanoutSizes: readonly number[];
   /** Part 2 repetitions of the one-connection runs. Default 5. */
   readonly fanoutReps: number;
@@ -38,7 +38,7 @@ export interface BenchOptions {
 /** Full-size defaults. */
 export const DEFAULT_OPTIONS: BenchOptions = {
   reps: 15,
-  fanoutSizes: [10, 200, 500],
+  fanoutSizes: [10, 200, 1000],
   fanoutReps: 5,
   perGuestReps: 2,
   perGuestMaxN: 500,
@@ -122,6 +122,6 @@ export async function runBench(options: BenchOptions, log: Log = stderrLog): Pro
     single,
     fanout,
     pulumi,
-    targets: evaluateTargets(single, fanout),
+    targets: evaluateTargets(single, fanout, pulumi),
   };
 }

@@ -2,21 +2,19 @@
  * Instrumentation for the benchmarks: it times what the lifecycle does without changing it.
  *
  * - {@link StreamProbe} timestamps each request written to a channel and the replies that follow it. The
- *   agent session and the watchdog client both keep one request in flight per channel, so a reply belongs
- *   to the last request written.
+ *   agent session keeps one request in flight per channel, so a reply belongs to the last request written; so
+ *   does a single window's use of the host daemon's control channel.
  * - {@link TimedPool} is an {@link SshPool} that records every channel it opens (how long the open took,
  *   and a probe on the stream).
- * - {@link TimedLeaseStore} times the lease store's operations.
  */
 import type { Duplex } from "node:stream";
 import { SshPool } from "../provider/transport/ssh";
 import type { AgentChannel } from "../provider/transport/types";
-import type { LeaseStore } from "../provider/quiesce/lease";
 import { clock } from "./stats";
 
 /** One request on a channel and the replies to it. Times are {@link clock} milliseconds. */
 export interface Exchange {
-  /** `guest-sync-delimited` (for a 0xFF-prefixed sync), the agent command, or the watchdog verb (PING, HOLD, DISARM). */
+  /** `guest-sync-delimited` (for a 0xFF-prefixed sync), the agent command, or `daemon:<op>` for a host daemon request. */
   readonly command: string;
   readonly sentAt: number;
   /** When the first reply bytes arrived. */
@@ -32,8 +30,9 @@ function requestName(chunk: unknown): string {
   const text = buffer.toString("utf8").trim();
   if (text.startsWith("{")) {
     try {
-      const parsed = JSON.parse(text.split("\n")[0]) as { execute?: unknown };
+      const parsed = JSON.parse(text.split("\n")[0]) as { execute?: unknown; op?: unknown };
       if (typeof parsed.execute === "string") return parsed.execute;
+      if (typeof parsed.op === "string") return `daemon:${parsed.op}`;
     } catch (err) {
       return `unparsed (${(err as Error).message})`;
     }
@@ -103,44 +102,5 @@ export class TimedPool extends SshPool {
     const taken = this.records;
     this.records = [];
     return taken;
-  }
-}
-
-/**
- * Wraps a LeaseStore so that every method call is timed. A Proxy forwards whatever methods the store has,
- * so the wrapper keeps up with the LeaseStore interface as it grows.
- */
-export class TimedLeaseStore {
-  /** The timed store, to pass as `leaseStore` to the lifecycle. */
-  readonly store: LeaseStore;
-  private spentMs = 0;
-  private operations = 0;
-
-  constructor(inner: LeaseStore) {
-    this.store = new Proxy(inner, {
-      get: (target, property, receiver) => {
-        const value: unknown = Reflect.get(target, property, receiver);
-        if (typeof value !== "function") return value;
-        return (...args: unknown[]) => this.time(() => (value as (...a: unknown[]) => unknown).apply(target, args));
-      },
-    });
-  }
-
-  /** Milliseconds and operation count since the last call; resets both. */
-  take(): { ms: number; operations: number } {
-    const result = { ms: this.spentMs, operations: this.operations };
-    this.spentMs = 0;
-    this.operations = 0;
-    return result;
-  }
-
-  private async time(fn: () => unknown): Promise<unknown> {
-    const started = clock();
-    try {
-      return await fn();
-    } finally {
-      this.spentMs += clock() - started;
-      this.operations++;
-    }
   }
 }

@@ -4,9 +4,9 @@
  * executes the real serialized providers (from the built dist, through node_modules/pulumi-quiesce) against
  * the lab guest over SSH.
  *
- * Overhead = the time the guest was held frozen (WindowRelease's heldMs, from the lease's frozenAt, taken just
- * before the freeze command, to the release) minus the snapshot command's own time (HostSnapshot's commandMs,
- * which includes starting its exec on the host).
+ * Overhead = the time the guest was frozen (WindowRelease's heldMs, from the arming of the lease just before the
+ * freeze command to the host daemon's verified thaw, minus the window's freezeMs, the freeze command itself) minus
+ * the snapshot command's own time (HostSnapshot's commandMs, which includes starting its exec on the host).
  */
 import * as fs from "node:fs";
 import Module from "node:module";
@@ -26,7 +26,7 @@ export interface PulumiOptions {
 /** Result of part 3 (ms). */
 export interface PulumiResult {
   readonly runs: number;
-  /** WindowRelease.heldMs: frozen time. */
+  /** Frozen time: WindowRelease.heldMs − QuiesceWindow.freezeMs. */
   readonly heldMs: Figure;
   /** HostSnapshot.commandMs: the snapshot command's own time. */
   readonly commandMs: Figure;
@@ -97,7 +97,7 @@ export async function benchPulumi(lab: Lab, options: PulumiOptions): Promise<Pul
       const programMs = performance.now() - started;
       try {
         if (run.errors.length > 0) throw new AggregateError(run.errors, `quickstart run ${i + 1} failed: ${run.errors[0].message}`);
-        const heldMs = numberOutput(run.outputs.heldMs, "heldMs");
+        const heldMs = numberOutput(run.outputs.heldMs, "heldMs") - numberOutput(run.outputs.freezeMs, "freezeMs");
         const commandMs = numberOutput(run.outputs.copyMs, "copyMs (HostSnapshot.commandMs)");
         samples.add("heldMs", heldMs);
         samples.add("commandMs", commandMs);

@@ -21,7 +21,7 @@ const VARIANT_TEXT: Record<SingleVariant, [string, (r: BenchResults) => string]>
   raw: ["raw (the physical limit)", () => "our agent session straight on the UNIX socket on this host: sync, status, fsinfo, freeze-list, status, thaw, status"],
   rawSplit: ["raw, split like a window", () => "the same commands in two sessions, as a window must (create; later, release): sync, status, fsinfo, freeze-list, status; then sync, status, thaw, status"],
   oursWarm: ["**ours, warm**", () => "`createWindow` + `releaseWindow` over an SshPool that is already connected"],
-  oursCold: ["ours, cold", () => "the same with a new SshPool: new SSH connection and SFTP session"],
+  oursCold: ["ours, cold", () => "the same with a new SshPool: new SSH connection"],
   altSsh: [
     "alternative: ssh client per command",
     (r) =>
@@ -48,16 +48,15 @@ function singleSection(r: BenchResults): string {
     ["where the time goes (ms)", "ours, warm", "ours, cold", "raw"],
     ["l", "r", "r", "r"],
     [
-      ["opening agent channels (cold: includes the SSH connect)", b(w, (x) => x.agentOpenMs), b(c, (x) => x.agentOpenMs), ms(s.raw.openMs.median)],
+      ["opening relay / agent channels (cold: includes the SSH connect)", b(w, (x) => x.agentOpenMs), b(c, (x) => x.agentOpenMs), ms(s.raw.openMs.median)],
       [
         `agent round trips (ours ${w.agentRoundTrips}, raw ${s.raw.agentCommands.length})`,
         b(w, (x) => x.agentCommandsMs),
         b(c, (x) => x.agentCommandsMs),
         ms(s.raw.agentCommandsMs.median),
       ],
-      ["  of which the syncs that open a session (ours 2, raw 1)", b(w, (x) => x.agentSyncMs), b(c, (x) => x.agentSyncMs), ms(s.raw.agentSyncMs.median)],
-      [`lease over SFTP (${w.leaseOperations} operations; cold: includes opening the SFTP session)`, b(w, (x) => x.leaseMs), b(c, (x) => x.leaseMs), "—"],
-      ["watchdog: ping, hold, disarm (channel opens included)", b(w, (x) => x.watchdogMs), b(c, (x) => x.watchdogMs), "—"],
+      ["  of which the sync that opens a session (ours: the relay's, raw: the socket's)", b(w, (x) => x.agentSyncMs), b(c, (x) => x.agentSyncMs), ms(s.raw.agentSyncMs.median)],
+      [`host daemon: ${w.daemonRequests} requests (claim, relay, arm, release: its thaw and checks), control channel open`, b(w, (x) => x.daemonMs), b(c, (x) => x.daemonMs), "—"],
       ["other (JavaScript, scheduling, closing channels)", b(w, (x) => x.otherMs), b(c, (x) => x.otherMs), "—"],
       ["createWindow alone / releaseWindow alone", `${b(w, (x) => x.createMs)} / ${b(w, (x) => x.releaseMs)}`, `${b(c, (x) => x.createMs)} / ${b(c, (x) => x.releaseMs)}`, "—"],
     ],
@@ -120,7 +119,7 @@ function fanoutSection(r: BenchResults): string {
   ]);
   const steps = f.sizes.map((s) => {
     const l = s.ours.lastStepMs;
-    return `N=${s.n}: sync ${ms(l["guest-sync-delimited"].median)}, fsinfo ${ms(l["guest-get-fsinfo"].median)}, watchdog PING ${ms(l.PING.median)}, HOLD ${ms(l.HOLD.median)}, freeze reply ${ms(l["guest-fsfreeze-freeze-list"].median)}`;
+    return `N=${s.n}: sync ${ms(l["guest-sync-delimited"].median)}, fsinfo ${ms(l["guest-get-fsinfo"].median)}, freeze reply ${ms(l["guest-fsfreeze-freeze-list"].median)}`;
   });
   const failures = f.sizes.flatMap((s) =>
     (["ours", "oursWarm", "perGuest"] as const).flatMap((mode) =>
@@ -131,8 +130,8 @@ function fanoutSection(r: BenchResults): string {
     "### Fan-out: N guests behind one sshd",
     "",
     `Fake agents (each freeze takes ${f.freezeDelayMs} ms) on UNIX sockets, reached through one lab sshd; freeze all concurrently, then thaw all, ` +
-      "through `createWindow`/`releaseWindow` (each window: sync, ping, status, info, fsinfo, watchdog ping, lease write, hold, freeze-list, status; " +
-      "release: sync, status, lease read, thaw, status, ended record, lease removal, disarm). The measured client and the agents run in separate processes; " +
+      "through `createWindow`/`releaseWindow` (each window: claim, relay, sync, ping, status, info, fsinfo, arm, freeze-list, status; the release is one " +
+      "host daemon request: status, thaw, status, record). The measured client and the agents run in separate processes; " +
       `RSS is the client's peak. Where windows failed, the other figures cover the windows that worked. sshd: \`${f.sshdConfig}\`.`,
     "",
     table(
@@ -152,8 +151,9 @@ function pulumiSection(r: BenchResults): string {
     "### Window overhead under the Pulumi stand-in",
     "",
     "examples/quickstart (QuiesceWindow → HostSnapshot `cp --sparse=always` of the 64 MiB /data image on the host → WindowRelease) through " +
-      "test/pulumi/mocksRunner.ts, with the real serialized providers, against the lab guest over SSH. Frozen time is WindowRelease.heldMs (from the lease's " +
-      "frozenAt, taken just before the lease write, the watchdog hold and the freeze command, to the release); the snapshot's own time is HostSnapshot.commandMs (its exec included).",
+      "test/pulumi/mocksRunner.ts, with the real serialized providers, against the lab guest over SSH. Frozen time is WindowRelease.heldMs minus the " +
+      "window's freezeMs: from the freeze's reply (the guest frozen) to the host daemon's verified thaw; the snapshot's own time is HostSnapshot.commandMs " +
+      "(its exec included).",
     "",
     table(
       ["runs", "frozen (heldMs)", "snapshot command (commandMs)", "overhead (frozen − command)", "min–max overhead", "whole program run"],

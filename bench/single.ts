@@ -9,7 +9,7 @@
  *   from another process): one session for sync, status, fsinfo, freeze-list, status; a second one for sync,
  *   status, thaw, status.
  * - oursWarm: createWindow + releaseWindow over a pooled SSH connection that is already up.
- * - oursCold: the same with a new SshPool, so a new SSH connection (and SFTP session), closed after.
+ * - oursCold: the same with a new SshPool, so a new SSH connection, closed after.
  * - altSsh: what a @pulumi/command user writes: one `ssh host '(printf ...; sleep S) | socat - UNIX-CONNECT:sock'`
  *   per agent command, with the real OpenSSH client (a new connection per command, as each
  *   remote.Command has). Each exec sends a sync first, so stale replies are handled as fairly as ours.
@@ -30,9 +30,9 @@ import { AgentSession } from "../provider/agent/session";
 import { fsfreezeFreezeList, fsfreezeStatus, fsfreezeThaw, getFsinfo } from "../provider/agent/commands";
 import { openLocalChannel } from "../provider/transport/local";
 import { SshPool, shellQuote, type SshConnectionConfig } from "../provider/transport/ssh";
-import { createWindow, leaseStoreFor, releaseWindow, type AgentTarget } from "../provider/quiesce/lifecycle";
+import { createWindow, releaseWindow, type AgentTarget } from "../provider/quiesce/lifecycle";
 import type { Lab } from "../test/lab/lab";
-import { StreamProbe, TimedLeaseStore, TimedPool, type ChannelRecord, type Exchange } from "./instrument";
+import { StreamProbe, TimedPool, type ChannelRecord, type Exchange } from "./instrument";
 import { Samples, clock, type Figure } from "./stats";
 import { connectionFor, removeLeaseDir, stderrLog, tempDir, thawLocal, type Log } from "./common";
 import * as fs from "node:fs";
@@ -55,7 +55,7 @@ export type SingleVariant = (typeof SINGLE_VARIANTS)[number];
 
 /** Where the time of one of our windows went (each a median over the repetitions, in ms). */
 export interface OursBreakdown {
-  /** Opening the agent channels (two: create, release; includes the SSH connect when cold). */
+  /** Opening the relay channels onto the agent connection the host daemon holds (includes the SSH connect when cold). */
   readonly agentOpenMs: Figure;
   /** Agent round trips: request written to last reply bytes, summed (syncs included). */
   readonly agentCommandsMs: Figure;
@@ -64,19 +64,17 @@ export interface OursBreakdown {
   /** createWindow alone, and releaseWindow alone. */
   readonly createMs: Figure;
   readonly releaseMs: Figure;
-  /** Lease reads, writes and removals over SFTP (includes opening the SFTP session when cold). */
-  readonly leaseMs: Figure;
-  /** Watchdog: ping (channel + PING), hold (channel + HOLD), disarm (DISARM). */
-  readonly watchdogMs: Figure;
+  /** Host daemon requests (hello, claim, relay, arm, release) and opening its control channel. */
+  readonly daemonMs: Figure;
   /** The rest: JavaScript, scheduling, closing channels. */
   readonly otherMs: Figure;
-  /** Agent round trips per window, including the two syncs. */
+  /** Agent round trips per window, including the relay's sync. */
   readonly agentRoundTrips: number;
   /** Agent commands in order (first repetition). */
   readonly agentCommands: readonly string[];
-  /** Lease store operations per window. */
-  readonly leaseOperations: number;
-  /** Channels opened per window (agent and watchdog). */
+  /** Host daemon requests per window. */
+  readonly daemonRequests: number;
+  /** Channels opened per window (relay and control). */
   readonly channelsOpened: number;
   /** Each agent round trip ("<position>:<command>") on its own. */
   readonly perCommandMs: Readonly<Record<string, Figure>>;
@@ -282,50 +280,50 @@ interface OursSample {
   agentSyncMs: number;
   agentOpenMs: number;
   agentCommandsMs: number;
-  leaseMs: number;
-  watchdogMs: number;
+  daemonMs: number;
   agentCommands: string[];
   /** Duration of each agent round trip, in order. */
   agentCommandMs: number[];
-  leaseOperations: number;
+  daemonRequests: number;
   channelsOpened: number;
 }
 
 /** One of our windows: createWindow + releaseWindow, timed and broken down. */
 async function oursWindow(pool: TimedPool, target: AgentTarget, mountpoints: readonly string[]): Promise<OursSample> {
-  const store = new TimedLeaseStore(leaseStoreFor(target, pool));
   pool.take();
   const started = clock();
   const window = await createWindow(
     { target, mountpoints: [...mountpoints], maxDurationSeconds: 120, thawOnDisconnect: true, owner: "bench" },
-    { pool, leaseStore: store.store },
+    { pool },
   );
   const createMs = clock() - started;
   await phasePause();
   const releaseStarted = clock();
-  const released = await releaseWindow({ target, windowId: window.windowId }, { pool, leaseStore: store.store });
+  const released = await releaseWindow({ target, windowId: window.windowId }, { pool });
   const releaseMs = clock() - releaseStarted;
   const totalMs = createMs + releaseMs;
   if (window.frozenCount !== mountpoints.length || released.outcome !== "released" || released.agentStatus !== "thawed") {
     throw new Error(`ours: window not verified: froze ${window.frozenCount}, release ${released.outcome}, status ${released.agentStatus}`);
   }
   const channels = pool.take();
-  const lease = store.take();
-  const agent = channels.filter((c) => c.socketPath === target.socketPath);
-  const watchdog = channels.filter((c) => c.socketPath !== target.socketPath);
+  // Relays start with the relay request, then carry the agent session; the rest is the control channel.
+  const relays = channels.filter((c) => c.probe.exchanges[0]?.command === "daemon:relay");
+  const control = channels.filter((c) => !relays.includes(c));
+  const agentExchanges = relays.flatMap((c) => c.probe.exchanges.slice(1));
+  const daemonExchanges = [...control.flatMap((c) => c.probe.exchanges), ...relays.map((c) => c.probe.exchanges[0])].filter((e) => e.command.startsWith("daemon:"));
   const sum = (list: ChannelRecord[], f: (c: ChannelRecord) => number): number => list.reduce((s, c) => s + f(c), 0);
+  const exchangesMs = (list: Exchange[]): number => list.reduce((s, e) => s + (e.lastReplyAt !== undefined ? e.lastReplyAt - e.sentAt : 0), 0);
   return {
     totalMs,
     createMs,
     releaseMs,
-    agentSyncMs: syncMs(agent.flatMap((c) => c.probe.exchanges)),
-    agentOpenMs: sum(agent, (c) => c.openMs),
-    agentCommandsMs: sum(agent, (c) => c.probe.busyMs()),
-    leaseMs: lease.ms,
-    watchdogMs: sum(watchdog, (c) => c.openMs + c.probe.busyMs()),
-    agentCommands: agent.flatMap((c) => c.probe.exchanges.map((e) => e.command)),
-    agentCommandMs: agent.flatMap((c) => c.probe.exchanges.map(exchangeMs)),
-    leaseOperations: lease.operations,
+    agentSyncMs: syncMs(agentExchanges),
+    agentOpenMs: sum(relays, (c) => c.openMs),
+    agentCommandsMs: exchangesMs(agentExchanges),
+    daemonMs: sum(control, (c) => c.openMs) + exchangesMs(daemonExchanges),
+    agentCommands: agentExchanges.map((e) => e.command),
+    agentCommandMs: agentExchanges.map(exchangeMs),
+    daemonRequests: daemonExchanges.length,
     channelsOpened: channels.length,
   };
 }
@@ -354,12 +352,11 @@ function breakdown(samples: Samples, prefix: string, first: OursSample | undefin
     agentSyncMs: samples.figure(`${prefix}.agentSyncMs`),
     createMs: samples.figure(`${prefix}.createMs`),
     releaseMs: samples.figure(`${prefix}.releaseMs`),
-    leaseMs: samples.figure(`${prefix}.leaseMs`),
-    watchdogMs: samples.figure(`${prefix}.watchdogMs`),
+    daemonMs: samples.figure(`${prefix}.daemonMs`),
     otherMs: samples.figure(`${prefix}.otherMs`),
     agentRoundTrips: first?.agentCommands.length ?? 0,
     agentCommands: first?.agentCommands ?? [],
-    leaseOperations: first?.leaseOperations ?? 0,
+    daemonRequests: first?.daemonRequests ?? 0,
     channelsOpened: first?.channelsOpened ?? 0,
     perCommandMs: perCommand(samples, prefix, first?.agentCommands ?? []),
   };
@@ -371,9 +368,8 @@ function record(samples: Samples, prefix: string, s: OursSample): void {
   samples.add(`${prefix}.agentSyncMs`, s.agentSyncMs);
   samples.add(`${prefix}.createMs`, s.createMs);
   samples.add(`${prefix}.releaseMs`, s.releaseMs);
-  samples.add(`${prefix}.leaseMs`, s.leaseMs);
-  samples.add(`${prefix}.watchdogMs`, s.watchdogMs);
-  samples.add(`${prefix}.otherMs`, s.totalMs - s.agentOpenMs - s.agentCommandsMs - s.leaseMs - s.watchdogMs);
+  samples.add(`${prefix}.daemonMs`, s.daemonMs);
+  samples.add(`${prefix}.otherMs`, s.totalMs - s.agentOpenMs - s.agentCommandsMs - s.daemonMs);
   recordCommands(samples, prefix, s.agentCommands, s.agentCommandMs);
 }
 
@@ -487,7 +483,7 @@ export async function benchSingleWindow(lab: Lab, options: SingleWindowOptions):
   };
 
   try {
-    log(`single window: warm-up (starts the watchdog in ${leaseDir}, connects the pools)`);
+    log(`single window: warm-up (starts the host daemon in ${leaseDir}, connects the pools)`);
     for (const variant of SINGLE_VARIANTS) await run(variant, false);
     const warmConnectionsBefore = warmPool.connectionsMade;
     for (let rep = 0; rep < options.reps; rep++) {

@@ -115,6 +115,8 @@ export class QuiesceWindow extends pulumi.dynamic.Resource {
   declare public readonly expiresAt: pulumi.Output<string>;
   /** qemu-ga version in the guest. */
   declare public readonly agentVersion: pulumi.Output<string>;
+  /** Milliseconds the freeze command took (the guest flushing and freezing); 0 for a crash-consistent window. */
+  declare public readonly freezeMs: pulumi.Output<number>;
   /** The guest's filesystems and their disks, as seen before the freeze. */
   declare public readonly filesystems: pulumi.Output<FilesystemSummary[]>;
   /** Whether the window was held at the last create or refresh. */
@@ -153,6 +155,7 @@ export class QuiesceWindow extends pulumi.dynamic.Resource {
         frozenAt: undefined,
         expiresAt: undefined,
         agentVersion: undefined,
+        freezeMs: undefined,
         filesystems: undefined,
         held: undefined,
         state: undefined,

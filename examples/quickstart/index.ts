@@ -48,4 +48,5 @@ const release = new WindowRelease("data-release", { window }, { dependsOn: copy 
 export const windowId = window.windowId;
 export const frozenMountpoints = window.frozenMountpoints;
 export const heldMs = release.heldMs;
+export const freezeMs = window.freezeMs;
 export const copyMs = copy.commandMs;

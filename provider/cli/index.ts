@@ -290,7 +290,7 @@ export function buildProgram(): Command {
           progress(`force-thawed ${r.thawedCount} filesystem(s)${r.lease ? ` (the lease named window ${r.lease.windowId} of ${r.lease.owner})` : ""}`);
           return { result: { outcome: "force-thawed", thawedCount: r.thawedCount, lease: r.lease ?? null }, human: "thawed" };
         }
-        const status = await windowStatus(target, { timeouts: timeouts(o) });
+        const status = await windowStatus(target, { windowId: o.window, timeouts: timeouts(o) });
         const lease = status.lease;
         if (!lease) {
           // The window named ended before this thaw (its deadline, or its holder gone): a pipeline's

@@ -79,6 +79,8 @@ export interface WindowOutputs extends WindowInputs {
   readonly frozenAt: string;
   readonly expiresAt: string;
   readonly agentVersion: string;
+  /** Milliseconds the freeze command took (the guest flushing and freezing). */
+  readonly freezeMs: number;
   readonly filesystems: FilesystemSummary[];
   /** Whether the window was held at the last create or refresh. */
   readonly held: boolean;
@@ -137,7 +139,7 @@ export const WINDOW_RULES: ResourceRules = {
     mountpoints: [],
     disks: [],
   },
-  outputs: ["windowId", "frozenMountpoints", "frozenCount", "frozenAt", "expiresAt", "agentVersion", "filesystems", "held", "state", "consistency", "consistencyReason", "guestOs"],
+  outputs: ["windowId", "frozenMountpoints", "frozenCount", "frozenAt", "expiresAt", "agentVersion", "freezeMs", "filesystems", "held", "state", "consistency", "consistencyReason", "guestOs"],
   // A Proxmox VMID and the socket path it stands for are the same target.
   normalize: (props) => (props.socketPath === undefined && isVmid(props.proxmox) ? { ...props, socketPath: proxmoxSocketPath(props.proxmox.vmid) } : props),
 };
@@ -191,6 +193,7 @@ export async function createWindowResource(inputs: WindowInputs): Promise<{ id: 
       frozenAt: w.frozenAt,
       expiresAt: w.expiresAt,
       agentVersion: w.agentVersion,
+      freezeMs: w.freezeMs,
       filesystems: summarizeFilesystems(w.filesystems),
       held: !crash,
       state: crash ? "crash-consistent" : "held",

@@ -950,7 +950,7 @@ def serve(dirpath, server, sock_ino, supervisor, log_fd):
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     d = Daemon(dirpath, loop, supervisor, log_fd)
-    d.log("daemon %s serving %s" % (VERSION, dirpath))
+    d.log("daemon %s serving %s (supervisor %s)" % (VERSION, dirpath, supervisor))
     d.load()
     srv = loop.run_until_complete(asyncio.start_unix_server(d.serve_client, sock=server, limit=1 << 20))
     hk = loop.create_task(d.housekeeping(srv, sock_ino))

@@ -16,7 +16,7 @@ import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import * as net from "node:net";
 import type { Duplex } from "node:stream";
-import { Client, utils, type AuthenticationType, type ClientChannel, type ConnectConfig, type ParsedKey, type SFTPWrapper } from "ssh2";
+import { Client, utils, type AuthenticationType, type ClientChannel, type ConnectConfig, type ParsedKey } from "ssh2";
 import { QuiesceError, abortError, isQuiesceError } from "../errors";
 import { createHostVerifier, type HostKeyVerifier } from "./hostKey";
 import { busyBackoff, DEFAULT_BUSY_TIMEOUT_MS, type AgentChannel, type OpenOptions } from "./types";
@@ -222,13 +222,11 @@ class PooledConnection {
   readonly channels = new Set<Duplex>();
   /** Channels that carry another connection (a bastion's forwardOut): they keep this one open, not the process alive. */
   private readonly carriers = new Set<Duplex>();
-  /** Requests in flight that are not tracked channels yet (channel opens, SFTP operations). */
+  /** Requests in flight that are not tracked channels yet (channel opens, execs). */
   private pending = 0;
   private refd = true;
   private idleTimer: NodeJS.Timeout | undefined;
   private keepaliveTimer: NodeJS.Timeout | undefined;
-  /** One SFTP session per connection, opened on first use (it costs one session channel). */
-  sftp: Promise<SFTPWrapper> | undefined;
   private lostReason: QuiesceError | undefined;
   closed = false;
 
@@ -468,38 +466,6 @@ export class SshPool {
   async exec(config: SshConnectionConfig, command: string, options: ExecOptions = {}): Promise<ExecResult> {
     const connection = await this.connection(config, options.signal);
     return this.execOn(connection, command, options);
-  }
-
-  /**
-   * The connection's SFTP session (one per pooled connection, opened once): lease files are read and
-   * written through it, so a window costs no exec on the hot path.
-   */
-  async sftp(config: SshConnectionConfig, options: OpenOptions = {}): Promise<SFTPWrapper> {
-    const connection = await this.connection(config, options.signal);
-    if (!connection.sftp) {
-      const label = connection.label;
-      connection.sftp = connection.using(
-        () =>
-          new Promise<SFTPWrapper>((resolve, reject) =>
-            connection.client.sftp((err, sftp) => {
-              if (err) {
-                connection.sftp = undefined;
-                reject(new QuiesceError("SSH_CONNECT_FAILED", `${label}: cannot open an SFTP session: ${err.message}. Is the sftp subsystem enabled in sshd_config?`, { target: label }, { cause: err }));
-              } else resolve(sftp);
-            }),
-          ),
-      );
-    }
-    return connection.sftp;
-  }
-
-  /**
-   * Runs `work` with the connection's SFTP session, keeping the process alive meanwhile (the session
-   * itself never does: it stays open while the connection is idle).
-   */
-  async withSftp<T>(config: SshConnectionConfig, work: (sftp: SFTPWrapper) => Promise<T>, options: OpenOptions = {}): Promise<T> {
-    const connection = await this.connection(config, options.signal);
-    return connection.using(async () => work(await this.sftp(config, options)));
   }
 
   /** Closes every connection now. Open channels fail with SSH_CONNECTION_LOST. */

@@ -42,7 +42,7 @@ test("refuses to run when the window is no longer held", async () => {
   await releaseWindow({ target: { socketPath: agent.socketPath, leaseDir }, windowId: inputs.windowId });
   const err = await createHostSnapshot({ ...inputs, create: "echo should-not-run" }).catch((e: unknown) => e);
   expect(isQuiesceError(err, "NOT_HELD")).toBe(true);
-  expect((err as Error).message).toMatch(/not held before the snapshot command \(state: not-held\); nothing was run/);
+  expect((err as Error).message).toMatch(/not held before the snapshot command \(state: released\); nothing was run/);
 });
 
 test("fails when the window ended while the command ran", async () => {

@@ -40,7 +40,7 @@ test("part 1 produces every variant and every part of the breakdown, as finite m
     "guest-fsfreeze-status",
   ]);
   expect(single.oursWarm.agentCommands).toContain("guest-fsfreeze-freeze-list");
-  expect(single.oursWarm.leaseOperations).toBeGreaterThan(0);
+  expect(single.oursWarm.daemonRequests).toBeGreaterThan(0);
   // The warm pool stayed connected; a cold window made its own connection.
   expect(single.warmConnectionsDuringReps).toBe(0);
   expect(single.coldConnectionsPerWindow).toBe(1);

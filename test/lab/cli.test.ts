@@ -5,7 +5,7 @@
 import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { endedFileName } from "../../provider/quiesce/lease";
+import { claimPath, endedPath } from "../fake/daemonFiles";
 import { createWindow } from "../../provider/quiesce/lifecycle";
 import { SshPool } from "../../provider/transport/ssh";
 import { waitForFile } from "../fake/waitForFile";
@@ -182,14 +182,13 @@ test("killing `quiesce run` thaws the guest at once", async () => {
   fs.mkdirSync(leaseDir, { recursive: true });
   let pid = 0;
   const running = quiesce(["run", ...args], { onSpawn: (p) => (pid = p) });
-  // The window is held once the lease exists; then kill the CLI.
-  const leaseFile = path.join(leaseDir, endedFileName(lab().guest.socketPath).replace(".ended.json", ".json"));
-  await waitForFile(leaseFile, 60_000);
+  // The window is held once its claim exists; then kill the CLI.
+  const claim = JSON.parse(await waitForFile(claimPath(leaseDir, lab().guest.socketPath), 60_000)) as { windowId: string };
   const status = await quiesce(["status", ...ssh(), "--json"]);
   expect(status.json.agentStatus).toBe("frozen");
   process.kill(pid, "SIGKILL");
   await running;
-  const ended = JSON.parse(await waitForFile(path.join(leaseDir, endedFileName(lab().guest.socketPath)), 10_000)) as { how: string };
+  const ended = JSON.parse(await waitForFile(endedPath(leaseDir, claim.windowId), 10_000)) as { how: string };
   expect(ended.how).toBe("disconnected");
   const after = await quiesce(["status", ...ssh(), "--json"]);
   expect(after.json.agentStatus).toBe("thawed");

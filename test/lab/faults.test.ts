@@ -4,10 +4,11 @@
  * gone and the guest's writers resumed. Measured figures are printed at the end (README, "Reliability").
  */
 import { spawn } from "node:child_process";
-import * as fs from "node:fs";
+import { Client } from "ssh2";
 import * as path from "node:path";
 import { createWindow, releaseWindow, windowStatus, type AgentTarget } from "../../provider/quiesce/lifecycle";
-import { endedFileName, leaseFileName } from "../../provider/quiesce/lease";
+import { daemonFor } from "../../provider/host/daemon";
+import { claimFiles, endedPath as endedFile } from "../fake/daemonFiles";
 import { deleteWindow, readWindow, type WindowOutputs } from "../../provider/dynamic/window";
 import { createRelease } from "../../provider/dynamic/release";
 import { SshPool, type SshConnectionConfig } from "../../provider/transport/ssh";
@@ -35,8 +36,7 @@ let caseNo = 0;
 function target(sshd?: LabSshd): AgentTarget {
   return { connection: connection(sshd), socketPath: lab().guest.socketPath, leaseDir: path.join(lab().guest.runDir, `leases-${++caseNo}`) };
 }
-const endedPath = (t: AgentTarget): string => path.join(t.leaseDir as string, endedFileName(t.socketPath));
-const leasePath = (t: AgentTarget): string => path.join(t.leaseDir as string, leaseFileName(t.socketPath));
+const endedPath = (t: AgentTarget, windowId: string): string => endedFile(t.leaseDir as string, windowId);
 
 async function loadCount(): Promise<number> {
   const log = await withAgentProbe(lab().guest.socketPath, (probe) => probe.readFile("/data/load/log"));
@@ -48,7 +48,7 @@ async function expectSettled(t: AgentTarget): Promise<void> {
   const report = await windowStatus(t, { timeouts: { agentSeconds: 30 } });
   expect(report.agentStatus).toBe("thawed");
   expect(report.lease).toBeUndefined();
-  expect(fs.existsSync(leasePath(t))).toBe(false);
+  expect(claimFiles(t.leaseDir as string)).toEqual([]);
   const before = await loadCount();
   const deadline = Date.now() + 30_000;
   let after = before;
@@ -62,7 +62,7 @@ test("the freezing process is SIGKILLed right after create: thawed within 2 s (t
   const { child, windowId } = await spawnCreator({ target: t, mountpoints: ["/data"] });
   const killedAt = Date.now();
   child.kill("SIGKILL");
-  const ended = JSON.parse(await waitForFile(endedPath(t), 30_000)) as { windowId: string; how: string };
+  const ended = JSON.parse(await waitForFile(endedPath(t, windowId), 30_000)) as { windowId: string; how: string };
   const thawMs = Date.now() - killedAt;
   figures.killedProcessThawMs = thawMs;
   expect(ended).toMatchObject({ windowId, how: "disconnected" });
@@ -76,7 +76,7 @@ test("the freezing process hangs (SIGSTOP: its connection stays open, as when it
   try {
     const stoppedAt = Date.now();
     child.kill("SIGSTOP");
-    const ended = JSON.parse(await waitForFile(endedPath(t), 60_000)) as { windowId: string; how: string };
+    const ended = JSON.parse(await waitForFile(endedPath(t, windowId), 60_000)) as { windowId: string; how: string };
     const thawMs = Date.now() - stoppedAt;
     figures.hungProcessThawMs = thawMs;
     expect(ended).toMatchObject({ windowId, how: "disconnected" });
@@ -96,7 +96,7 @@ test("the SSH connection is cut mid-window (sshd child killed): thawed within 2 
     const w = await createWindow({ target: t, mountpoints: ["/data"] }, { pool: ownPool });
     const cutAt = Date.now();
     for (const pid of descendants(sshd.pid)) process.kill(pid, "SIGKILL");
-    const ended = JSON.parse(await waitForFile(endedPath(t), 30_000)) as { windowId: string; how: string };
+    const ended = JSON.parse(await waitForFile(endedPath(t, w.windowId), 30_000)) as { windowId: string; how: string };
     figures.cutConnectionThawMs = Date.now() - cutAt;
     expect(ended).toMatchObject({ windowId: w.windowId, how: "disconnected" });
     expect(figures.cutConnectionThawMs).toBeLessThan(2_000);
@@ -110,7 +110,7 @@ test("the SSH connection is cut mid-window (sshd child killed): thawed within 2 
 test("nobody releases: thawed within 1 s after the deadline; a later release fails loudly; delete succeeds", async () => {
   const t = target();
   const w = await createWindow({ target: t, mountpoints: ["/data"], maxDurationSeconds: 3, thawOnDisconnect: false }, { pool });
-  await waitForFile(endedPath(t), 30_000);
+  await waitForFile(endedPath(t, w.windowId), 30_000);
   const lateMs = Date.now() - Date.parse(w.expiresAt);
   figures.deadlineThawLateMs = lateMs;
   expect(lateMs).toBeLessThan(1_000);
@@ -188,3 +188,43 @@ test("20 concurrent creates on one guest from 20 processes: exactly one wins, th
   await expectSettled(t);
 }, 300_000);
 
+
+test("the host daemon is SIGKILLed (worker and supervisor) while a window is held: the holder restarts it, the window stays held and still ends at its deadline", async () => {
+  const t = target();
+  const w = await createWindow({ target: t, mountpoints: ["/data"], maxDurationSeconds: 8 }, { pool });
+  const hello = await daemonFor({ connection: t.connection, leaseDir: t.leaseDir }, pool).request("hello");
+  const killedAt = Date.now();
+  process.kill(hello.supervisor as number, "SIGKILL");
+  process.kill(hello.pid as number, "SIGKILL");
+  // The holder's next request waits for its re-arm: a new daemon, started from the records on disk.
+  expect((await windowStatus(t, { windowId: w.windowId }, { pool })).state).toBe("held");
+  const again = await daemonFor({ connection: t.connection, leaseDir: t.leaseDir }, pool).request("hello");
+  expect(again.pid).not.toBe(hello.pid);
+  figures.daemonKilledRearmMs = Date.now() - killedAt;
+  const ended = JSON.parse(await waitForFile(endedPath(t, w.windowId), 30_000)) as { how: string };
+  const lateMs = Date.now() - Date.parse(w.expiresAt);
+  figures.daemonKilledDeadlineLateMs = lateMs;
+  expect(ended.how).toBe("expired");
+  expect(lateMs).toBeLessThan(1_000);
+  await expectSettled(t);
+}, 120_000);
+
+test("the lab's sshd offers no sftp subsystem, and every window works without it", async () => {
+  // ssh2's own client, straight: pulumi-quiesce has no SFTP code left to ask with.
+  const sftp = await new Promise<Error | undefined>((resolve) => {
+    const c = new Client();
+    c.on("ready", () =>
+      c.sftp((err) => {
+        c.end();
+        resolve(err ?? undefined);
+      }),
+    );
+    c.on("error", (err: Error) => resolve(err));
+    c.connect({ host: lab().sshd.host, port: lab().sshd.port, username: "root", privateKey: lab().sshd.privateKey, hostVerifier: () => true });
+  });
+  expect(sftp).toBeInstanceOf(Error);
+  const t = target();
+  const w = await createWindow({ target: t, mountpoints: ["/data"] }, { pool });
+  expect((await releaseWindow({ target: t, windowId: w.windowId }, { pool })).outcome).toBe("released");
+  await expectSettled(t);
+}, 120_000);

@@ -69,6 +69,11 @@ export interface StartSshdOptions {
   rsaKey?: boolean;
   /** Readiness budget in milliseconds (default 15 000). */
   startTimeoutMs?: number;
+  /**
+   * Offer the sftp subsystem (default false: pulumi-quiesce needs none, and hardened hosts disable it, so the lab
+   * runs every test without it).
+   */
+  sftpSubsystem?: boolean;
   /** Keep the run dir after stop() (also with env QUIESCE_LAB_KEEP=1). */
   keepRunDir?: boolean;
 }
@@ -210,7 +215,7 @@ function sshdConfig(runDir: string, port: number, options: StartSshdOptions): st
     "AllowTcpForwarding yes",
     "LogLevel VERBOSE",
     "PrintMotd no",
-    "Subsystem sftp internal-sftp",
+    ...(options.sftpSubsystem ? ["Subsystem sftp internal-sftp"] : []),
     // sshd runs every command through the user's shell, and Debian's bash reads ~/.bashrc when started by
     // sshd. The lab logs in as root, whose ~/.bashrc on a build machine may be slow and serialized (`pyenv
     // init` takes a lock: 20 concurrent logins took 14 s here). A hypervisor host does not look like that, and

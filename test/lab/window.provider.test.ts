@@ -4,7 +4,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { leaseFileName } from "../../provider/quiesce/lease";
+import { claimPath } from "../fake/daemonFiles";
 import { FakeAgent } from "../fake/fakeAgent";
 import { providersForTesting } from "../../sdk/window";
 import { agentStatusAt } from "./agentStatus";
@@ -114,7 +114,7 @@ test("the VM is deleted while its window is in state: refresh says vm-gone, rele
   // A guest agent on the host that goes away with its socket, as when a VM is stopped or deleted. The fake
   // passes the same conformance suite as qemu-ga; the SSH server and the provider host are the real ones.
   const vm = await FakeAgent.start();
-  const leaseFile = path.join(inputs().leaseDir as string, leaseFileName(vm.socketPath));
+  const leaseFile = claimPath(inputs().leaseDir as string, vm.socketPath);
   let stopped = false;
   try {
     const created = await host.create(windowUrn, (await host.check(windowUrn, {}, inputs({ socketPath: vm.socketPath }))).inputs);

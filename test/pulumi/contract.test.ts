@@ -7,11 +7,10 @@
  * - the lease names the stack from the program, not from the provider host's environment (item 7).
  * Check, diff and update do no I/O; the owner test creates a real window on the fake agent (local socket).
  */
-import { removeLeaseDir } from "../fake/daemonFiles";
+import { readClaim, removeLeaseDir } from "../fake/daemonFiles";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { leaseFileName } from "../../provider/quiesce/lease";
 import { providersForTesting } from "../../sdk/window";
 import { QuiesceWindow } from "../../sdk";
 import { FakeAgent } from "../fake/fakeAgent";
@@ -167,7 +166,7 @@ describe("the lease names the stack", () => {
       );
       expect(run.errors).toEqual([]);
       expect(run.resources.find((r) => r.name === "db")?.inputs).toMatchObject({ resourceName: "db", project: "shop", stack: "prod" });
-      const lease = JSON.parse(fs.readFileSync(path.join(leaseDir, leaseFileName(agent.socketPath)), "utf8")) as { owner: string };
+      const lease = readClaim(leaseDir, agent.socketPath) as { owner: string };
       expect(lease.owner).toBe("pulumi:shop/prod/db");
       await run.destroyAll();
       expect(agent.status).toBe("thawed");
@@ -183,7 +182,7 @@ describe("the lease names the stack", () => {
     try {
       const inputs = { __provider: text.window, socketPath: agent.socketPath, leaseDir, mountpoints: ["/data"], resourceName: "db", project: "shop", stack: "prod" };
       const created = await host.create(urn.window, (await host.check(urn.window, {}, inputs)).inputs);
-      const lease = JSON.parse(fs.readFileSync(path.join(leaseDir, leaseFileName(agent.socketPath)), "utf8")) as { owner: string };
+      const lease = readClaim(leaseDir, agent.socketPath) as { owner: string };
       expect(lease.owner).toBe("pulumi:shop/prod/db");
       await host.delete(created.id, urn.window, created.properties);
       expect(agent.status).toBe("thawed");

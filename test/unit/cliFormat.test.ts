@@ -2,7 +2,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { filesystemTable } from "../../provider/cli/index";
-import { WATCHDOG_PROTOCOL_VERSION } from "../../provider/quiesce/watchdog";
+import { DAEMON_PROTOCOL_VERSION } from "../../provider/host/daemon";
 import { packageVersion } from "../../provider/version";
 import type { GuestFilesystem } from "../../provider/agent/commands";
 
@@ -30,14 +30,9 @@ test("one line per filesystem: mount point, type, used/total, and each disk's se
   ]);
 });
 
-test("--version names the package version and the host daemon protocol, which both daemon ports speak", () => {
+test("--version names the package version and the host daemon protocol, which the daemon speaks", () => {
   const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, "../../package.json"), "utf8")) as { version: string };
   expect(packageVersion()).toBe(pkg.version);
-  for (const [file, pattern] of [
-    ["watchdog.py", /^VERSION = "(\d+)"$/m],
-    ["watchdog.pl", /^my \$VERSION = "(\d+)";$/m],
-  ] as const) {
-    const source = fs.readFileSync(path.join(__dirname, "../../provider/quiesce", file), "utf8");
-    expect(pattern.exec(source)?.[1]).toBe(WATCHDOG_PROTOCOL_VERSION);
-  }
+  const source = fs.readFileSync(path.join(__dirname, "../../provider/host/daemon.py"), "utf8");
+  expect(/^VERSION = "(\d+)"$/m.exec(source)?.[1]).toBe(DAEMON_PROTOCOL_VERSION);
 });
