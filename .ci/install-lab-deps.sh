@@ -13,7 +13,7 @@ packages=(
   openssh-server    # the lab sshd
   openssh-client    # ssh-keygen for the lab's keys; ssh in the smoke test
   socat             # talking to the agent socket by hand (npm run lab)
-  python3           # the watchdog (provider/quiesce/watchdog.py) runs on the host holding the agent sockets
+  python3           # the host daemon (provider/host/daemon.py) runs on the host holding the agent sockets
   util-linux        # flock (build lock), setpriv (parent-death signal for lab processes)
   apt dpkg          # apt-get download, dpkg -x of the kernel package
 )

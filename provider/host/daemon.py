@@ -74,9 +74,19 @@ def check_dir(path):
         raise Refused("the lease directory %s is not an absolute path" % path)
     uid = os.geteuid()
     parent = os.path.dirname(path.rstrip("/")) or "/"
-    if not os.path.isdir(parent):
-        os.makedirs(parent, 0o700)
+    full = path.rstrip("/")
+
+    def cannot_create(e):
+        return Refused("cannot create the lease directory %s as uid %d: %s. Create it on the host for this user "
+                       "(install -d -m 700 -o %d %s), or choose a leaseDir (--lease-dir) this user may create, e.g. under "
+                       "$XDG_RUNTIME_DIR" % (full, uid, e.strerror, uid, full))
+    try:
+        if not os.path.isdir(parent):
+            os.makedirs(parent, 0o700)
+    except OSError as e:
+        raise cannot_create(e)
     real_parent = os.path.realpath(parent)
+    full = os.path.join(real_parent, os.path.basename(path.rstrip("/")))
     p = real_parent
     while True:
         st = os.stat(p)
@@ -90,12 +100,12 @@ def check_dir(path):
         if p == "/":
             break
         p = os.path.dirname(p)
-    full = os.path.join(real_parent, os.path.basename(path.rstrip("/")))
     try:
         os.mkdir(full, 0o700)
+    except FileExistsError:
+        pass
     except OSError as e:
-        if e.errno != errno.EEXIST:
-            raise
+        raise cannot_create(e)
     st = os.lstat(full)
     if stat.S_ISLNK(st.st_mode):
         raise Refused("the lease directory %s is a symbolic link; give the directory itself as leaseDir (--lease-dir)" % full)

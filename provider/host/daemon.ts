@@ -473,6 +473,8 @@ export class DaemonClient {
     const windows = [...this.holds];
     let lastError: unknown;
     for (let attempt = 0; attempt < 5; attempt++) {
+      // Paced retries (0, 0.2, 0.4, 0.8, 1.6 s): the daemon may be restarting (its supervisor brings it back in ms).
+      if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** attempt).unref());
       try {
         const channel = await this.control();
         for (const windowId of windows) {

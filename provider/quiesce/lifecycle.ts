@@ -624,6 +624,13 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
       await daemon.request("unhold", { windowId }, { signal });
       daemon.forget(windowId);
     }
+    const lost = daemon.lostHold(windowId);
+    if (lost !== undefined && (request.thawOnDisconnect ?? true)) {
+      throw new QuiesceError("NOT_HELD", `${label}: window ${windowId} ended while it was being created: ${lost}. The guest was thawed by the host daemon.`, {
+        target: label,
+        windowId,
+      });
+    }
     await step("returned");
     return {
       windowId,

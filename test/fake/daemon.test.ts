@@ -4,6 +4,7 @@
  * trust of the lease directory, liveness (a killed daemon), scale (1100 windows on one daemon), garbage.
  * The same guarantees are proven against the real guest over SSH in test/lab/faults.test.ts.
  */
+import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as os from "node:os";
@@ -19,7 +20,7 @@ import {
   type LifecycleDeps,
   type WindowInfo,
 } from "../../provider/quiesce/lifecycle";
-import { daemonFor } from "../../provider/host/daemon";
+import { daemonFor, daemonScript } from "../../provider/host/daemon";
 import { isQuiesceError } from "../../provider/errors";
 import { SshPool } from "../../provider/transport/ssh";
 import { spawnCreator, startCreator } from "./creatorProcess";
@@ -215,6 +216,16 @@ describe("the lease directory is trusted only when it is the SSH user's own", ()
       fs.rmSync(real, { recursive: true, force: true });
       fs.rmSync(open, { recursive: true, force: true });
     }
+  });
+
+  test("a lease directory the SSH user cannot create (a non-root user and /run) is refused with what to do", () => {
+    // The daemon itself, as an unprivileged user, from its script on stdin as the start command runs it (the
+    // system python3: root's PATH may name one under /root, which that user cannot run).
+    const dir = `/run/pulumi-quiesce-test-${process.pid}`;
+    const r = spawnSync("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-", dir], { input: daemonScript(), encoding: "utf8" });
+    expect(r.status).toBe(4);
+    expect(r.stdout).toMatch(new RegExp(`^REFUSED cannot create the lease directory ${dir} as uid 65534: Permission denied.*install -d -m 700 -o 65534`));
+    expect(fs.existsSync(dir)).toBe(false);
   });
 
   test("symbolic links planted at the daemon's file names are not followed", async () => {
