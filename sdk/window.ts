@@ -74,15 +74,18 @@ export interface QuiesceWindowArgs {
    */
   maxDurationSeconds?: pulumi.Input<number>;
   /**
-   * Thaw as soon as the process that froze is gone: its hold channel to the watchdog closed (within about
-   * 0.1 s), or sent no heartbeat for 15 s (a hung process or a crashed machine closes nothing). Default true.
+   * Thaw as soon as the process that froze is gone: its control channel to the host daemon closed (within
+   * about 0.05 s), or sent no heartbeat for 15 s (a hung process or a crashed machine closes nothing). Default true.
    */
   thawOnDisconnect?: pulumi.Input<boolean>;
   /** Agent timeouts in seconds (defaults: agent 10, freeze 30, thaw 30). */
   timeouts?: pulumi.Input<TimeoutsArgs>;
   /** Any change replaces the window (a new freeze). */
   triggers?: pulumi.Input<unknown[]>;
-  /** Lease directory on the host. Default `/run/pulumi-quiesce`. */
+  /**
+   * The host daemon's directory on the host: owned by the SSH user, not writable by group or others (created
+   * 0700 when missing; refused otherwise). Default `/run/pulumi-quiesce`.
+   */
   leaseDir?: pulumi.Input<string>;
 }
 

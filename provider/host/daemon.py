@@ -80,14 +80,10 @@ def check_dir(path):
         return Refused("cannot create the lease directory %s as uid %d: %s. Create it on the host for this user "
                        "(install -d -m 700 -o %d %s), or choose a leaseDir (--lease-dir) this user may create, e.g. under "
                        "$XDG_RUNTIME_DIR" % (full, uid, e.strerror, uid, full))
-    try:
-        if not os.path.isdir(parent):
-            os.makedirs(parent, 0o700)
-    except OSError as e:
-        raise cannot_create(e)
-    real_parent = os.path.realpath(parent)
-    full = os.path.join(real_parent, os.path.basename(path.rstrip("/")))
-    p = real_parent
+    existing = parent
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    p = os.path.realpath(existing)  # the deepest existing ancestor: checked up to / before anything is created
     while True:
         st = os.stat(p)
         if st.st_uid not in (0, uid):
@@ -100,6 +96,13 @@ def check_dir(path):
         if p == "/":
             break
         p = os.path.dirname(p)
+    try:
+        if not os.path.isdir(parent):
+            os.makedirs(parent, 0o700)  # missing levels are created by this user, 0700
+    except OSError as e:
+        raise cannot_create(e)
+    real_parent = os.path.realpath(parent)
+    full = os.path.join(real_parent, os.path.basename(path.rstrip("/")))
     try:
         os.mkdir(full, 0o700)
     except FileExistsError:
@@ -285,6 +288,9 @@ class Guest:
         self.holders = set()
         self.ending = None         # the end task, once ending started
         self.ending_how = None
+        self.waiters = []          # futures of end() callers, resolved by the next end attempt
+        self.wake = asyncio.Event()  # cuts a retry's backoff short when someone asks again
+        self.connecting = None     # the agent connect in progress, shared by concurrent callers
         self.timer = None
         self.grace = None
         self.lock = asyncio.Lock()
@@ -376,8 +382,18 @@ class Daemon:
             self.by_window[rec["windowId"]] = guest
             self.log("window %s: record loaded (deadline %s)" % (rec["windowId"], iso(rec["deadline"])))
             self.arm_timer(guest)
+            asyncio.ensure_future(self.reconnect(guest))
             if rec.get("holdRequired"):
                 guest.grace = self.loop.call_later(REATTACH_GRACE, self.grace_over, guest)
+
+    async def reconnect(self, guest):
+        """Takes a loaded record's agent connection back at once, so that nobody else gets the guest meanwhile."""
+        try:
+            await self.agent_of(guest)
+        except VmGone:
+            self.end(guest, "vm-gone")
+        except Exception as e:  # noqa: BLE001 - logged; the deadline, or the next request, tries again
+            self.log("window %s: could not reconnect to its agent yet: %r" % (guest.rec["windowId"], e))
 
     def grace_over(self, guest):
         guest.grace = None
@@ -397,36 +413,60 @@ class Daemon:
             return
         guest.agent = None
         if self.by_window.get(guest.rec.get("windowId")) is guest and guest.ending is None:
-            try:
-                real, dev, ino = identity(guest.real)
-                gone = (dev, ino) != (guest.dev, guest.ino)
-            except Failure as f:
-                gone = f.code in ("SOCKET_MISSING", "SOCKET_NOT_A_SOCKET")
-            if gone:
-                self.log("window %s: the agent socket %s is gone" % (guest.rec["windowId"], guest.real))
-                self.end(guest, "vm-gone")
+            asyncio.ensure_future(self.check_gone(guest))
+
+    async def check_gone(self, guest):
+        """After the held agent connection dropped: a socket that is gone, or is another one, means the VM is."""
+        try:
+            real, dev, ino = await self.identity_of(guest.real)
+            gone = (dev, ino) != (guest.dev, guest.ino)
+        except Failure as f:
+            gone = f.code in ("SOCKET_MISSING", "SOCKET_NOT_A_SOCKET")
+        if gone and self.by_window.get(guest.rec.get("windowId")) is guest and guest.ending is None:
+            self.log("window %s: the agent socket %s is gone" % (guest.rec["windowId"], guest.real))
+            self.end(guest, "vm-gone")
 
     async def agent_of(self, guest):
-        """The guest's agent connection, reconnected if it dropped; VmGone if the socket is not the claimed one."""
+        """The guest's agent connection, reconnected if it dropped; VmGone if the socket is not the claimed one.
+        One connect at a time per guest (concurrent callers share it), and a connection made for a record that
+        ended meanwhile is closed at once: outside windows the daemon holds nothing."""
+        while guest.connecting is not None:
+            await asyncio.shield(guest.connecting)
         if guest.agent is not None and not guest.agent.closed:
             return guest.agent
+        guest.connecting = self.loop.create_future()
         try:
-            real, dev, ino = identity(guest.real)
-        except Failure as f:
-            if f.code in ("SOCKET_MISSING", "SOCKET_NOT_A_SOCKET"):
+            try:
+                real, dev, ino = await self.identity_of(guest.real)
+            except Failure as f:
+                if f.code in ("SOCKET_MISSING", "SOCKET_NOT_A_SOCKET"):
+                    raise VmGone()
+                raise
+            if (dev, ino) != (guest.dev, guest.ino):
                 raise VmGone()
-            raise
-        if (dev, ino) != (guest.dev, guest.ino):
-            raise VmGone()
+            try:
+                _, conn = await asyncio.wait_for(
+                    self.loop.create_unix_connection(lambda: AgentConn(lambda c: self.on_agent_lost(guest, c)), guest.real), AGENT_TIMEOUT)
+            except ConnectionRefusedError:
+                raise VmGone()  # the socket file outlived its QEMU: the freeze ended with it
+            except (OSError, asyncio.TimeoutError) as e:
+                raise connect_failure(guest.real, e)
+            if self.by_key.get(guest.key) is not guest:
+                conn.close()
+                raise Failure("NOT_HELD", "window %s ended while its agent connection was being made" % guest.rec["windowId"])
+            guest.agent = conn
+            return conn
+        finally:
+            fut, guest.connecting = guest.connecting, None
+            fut.set_result(None)
+
+    async def identity_of(self, path):
+        """identity() off the event loop, bounded: a socket path on a hung NFS or FUSE mount must not stall every
+        other window's deadline."""
         try:
-            _, conn = await asyncio.wait_for(
-                self.loop.create_unix_connection(lambda: AgentConn(lambda c: self.on_agent_lost(guest, c)), guest.real), AGENT_TIMEOUT)
-        except ConnectionRefusedError:
-            raise VmGone()  # the socket file outlived its QEMU: the freeze ended with it
-        except (OSError, asyncio.TimeoutError) as e:
-            raise connect_failure(guest.real, e)
-        guest.agent = conn
-        return conn
+            return await asyncio.wait_for(self.loop.run_in_executor(None, identity, path), AGENT_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise Failure("SOCKET_UNREACHABLE", "%s: stat did not return within %.0f s (a hung mount on its path?)" % (path, AGENT_TIMEOUT))
 
     def cut_relay(self, guest):
         if guest.relay is not None:
@@ -436,19 +476,25 @@ class Daemon:
 
     def end(self, guest, how):
         """Ends guest's window (idempotent): cuts any relay, thaws, verifies, records, removes. Returns a future of
-        the first attempt's outcome; failed attempts are retried in the background while the record stands."""
+        the outcome of the next attempt; failed attempts are retried while the record stands, and asking again
+        cuts the retry's backoff short."""
+        waiter = self.loop.create_future()
+        guest.waiters.append(waiter)
         if guest.ending is None:
             guest.ending_how = how
-            guest.first = self.loop.create_future()
             guest.ending = asyncio.ensure_future(self.end_loop(guest, how))
             self.cut_relay(guest)
-        return guest.first
+        else:
+            guest.wake.set()
+        return waiter
 
     async def end_loop(self, guest, how):
         wid = guest.rec["windowId"]
         backoff = 0.2
+        result = {"how": how, "thaw": None}
         while self.by_window.get(wid) is guest:
-            result = None
+            waiters, guest.waiters = guest.waiters, []
+            done = True
             try:
                 result = await self.end_once(guest, how)
             except VmGone:
@@ -458,14 +504,24 @@ class Daemon:
                 self.log("window %s: thaw (%s) failed, will retry: %r" % (wid, how, e))
                 if guest.agent is not None:
                     guest.agent.close()
-                if not guest.first.done():
-                    guest.first.set_result({"failed": "%s" % (e,) or e.__class__.__name__})
-            if result is not None:
-                if not guest.first.done():
-                    guest.first.set_result(result)
+                result = {"failed": ("%s" % (e,)) or e.__class__.__name__}
+                done = False
+            for w in waiters + (guest.waiters if done else []):
+                if not w.done():
+                    w.set_result(result)
+            if done:
+                guest.waiters = []
                 return
-            await asyncio.sleep(backoff)  # a retry interval, not a readiness wait
+            guest.wake.clear()
+            try:
+                await asyncio.wait_for(guest.wake.wait(), backoff)  # a retry interval, cut short by a new request
+            except asyncio.TimeoutError:
+                pass
             backoff = min(RETRY_MAX, backoff * 2)
+        for w in guest.waiters:  # the record was removed meanwhile (finished by another path)
+            if not w.done():
+                w.set_result(result if "failed" not in result else {"how": how, "thaw": None})
+        guest.waiters = []
 
     async def end_once(self, guest, how):
         wid = guest.rec["windowId"]
@@ -544,10 +600,16 @@ class Daemon:
         return {"version": VERSION, "pid": os.getpid(), "supervisor": self.supervisor, "dir": self.dir}
 
     async def op_claim(self, client, msg):
+        if client.closed:
+            raise Failure("NOT_HELD", "the claiming client went away before its claim ran")
         wid = msg.get("windowId")
         if self.guest_of(wid) is not None or wid in self.ended:
             raise Failure("INVALID_INPUT", "window id %s was used before" % wid)
-        real, dev, ino = identity(msg.get("socket"))
+        real, dev, ino = await self.identity_of(msg.get("socket"))
+        if client.closed:
+            raise Failure("NOT_HELD", "the claiming client went away before its claim ran")
+        if self.guest_of(wid) is not None or wid in self.ended:
+            raise Failure("INVALID_INPUT", "window id %s was used before" % wid)
         key = "%d-%d" % (dev, ino)
         held = self.by_key.get(key)
         if held is not None:
@@ -570,6 +632,8 @@ class Daemon:
         try:
             self.persist(guest)
             await self.agent_of(guest)
+            if self.by_window.get(wid) is not guest or guest.ending is not None:
+                raise Failure("NOT_HELD", "window %s ended while it was being claimed (its holder went away)" % wid)
         except VmGone:
             self.drop_claim(guest)
             raise Failure("SOCKET_UNREACHABLE", "%s refuses connections: nothing listens on it (QEMU is gone?)" % real)
@@ -633,6 +697,8 @@ class Daemon:
 
     async def op_attach(self, client, msg):
         guest = self.live(msg)
+        if client.closed:
+            raise Failure("NOT_HELD", "the attaching client went away")
         self.hold(client, guest)
         return {"record": guest.view()}
 
@@ -641,7 +707,8 @@ class Daemon:
         try:
             await asyncio.wait_for(guest.lock.acquire(), AGENT_TIMEOUT)
         except asyncio.TimeoutError:
-            raise Failure("AGENT_BUSY", "window %s: the agent connection stayed busy for %.0f s" % (guest.rec["windowId"], AGENT_TIMEOUT))
+            raise Failure("AGENT_BUSY", "window %s: the agent connection stayed in use (by the window's own create, or a thaw) for %.0f s; "
+                          "try again" % (guest.rec["windowId"], AGENT_TIMEOUT))
         try:
             if guest.ending is not None or self.by_window.get(guest.rec["windowId"]) is not guest:
                 raise Failure("NOT_HELD", "window %s ended" % guest.rec["windowId"])
@@ -650,6 +717,8 @@ class Daemon:
             except VmGone:
                 self.end(guest, "vm-gone")
                 raise Failure("SOCKET_MISSING", "the agent socket of window %s is gone" % guest.rec["windowId"])
+            if guest.ending is not None or self.by_window.get(guest.rec["windowId"]) is not guest or client.closed:
+                raise Failure("NOT_HELD", "window %s ended" % guest.rec["windowId"])
         except BaseException:
             guest.lock.release()
             raise
@@ -657,6 +726,10 @@ class Daemon:
 
     async def run_relay(self, client, guest, agent):
         """Pipes bytes between the client and the agent until either side closes or the daemon cuts the relay."""
+        if guest.ending is not None or self.by_window.get(guest.rec["windowId"]) is not guest:
+            guest.lock.release()  # the window ended between the grant and here: no relay, and the end goes first
+            client.abort()
+            return
         guest.relay = client
         agent.buf = b""
         writer = client.writer
@@ -690,7 +763,8 @@ class Daemon:
         try:
             await asyncio.wait_for(guest.lock.acquire(), AGENT_TIMEOUT)
         except asyncio.TimeoutError:
-            raise Failure("AGENT_BUSY", "window %s: the agent connection stayed busy for %.0f s" % (guest.rec["windowId"], AGENT_TIMEOUT))
+            raise Failure("AGENT_BUSY", "window %s: the agent connection stayed in use (by the window's own create, or a thaw) for %.0f s; "
+                          "try again" % (guest.rec["windowId"], AGENT_TIMEOUT))
         try:
             agent = await self.agent_of(guest)
             await agent.sync(AGENT_TIMEOUT)
@@ -730,7 +804,7 @@ class Daemon:
         guest = mine
         if guest is None and msg.get("socket") is not None:
             try:
-                real, dev, ino = identity(msg.get("socket"))
+                real, dev, ino = await self.identity_of(msg.get("socket"))
             except Failure as f:
                 if f.code != "SOCKET_MISSING":
                     raise
@@ -766,13 +840,14 @@ class Daemon:
         return {"outcome": ended["how"] if ended else result["how"], "record": record, "thaw": result.get("thaw"), "ended": ended}
 
     async def op_force(self, client, msg):
-        real, dev, ino = identity(msg.get("socket"))
+        real, dev, ino = await self.identity_of(msg.get("socket"))
         guest = self.by_key.get("%d-%d" % (dev, ino))
         if guest is not None:
             record = guest.view()
             result = await asyncio.shield(self.end(guest, "forced"))
             if "failed" in result:
-                raise Failure("THAW_FAILED", "the thaw failed: %s" % result["failed"])
+                raise Failure("THAW_FAILED", "the thaw failed: %s. The daemon keeps the record and keeps trying; check with "
+                              "`quiesce status`, and look at the guest agent" % result["failed"])
             return {"record": record, "thaw": result.get("thaw")}
         try:
             _, conn = await asyncio.wait_for(self.loop.create_unix_connection(lambda: AgentConn(lambda c: None), real), AGENT_TIMEOUT)
@@ -931,7 +1006,8 @@ def take_lock(dirpath):
         finally:
             probe.close()
         if time.time() > deadline:
-            raise Refused("another process holds %s/daemon.lock but does not answer on daemon.sock" % dirpath)
+            raise Refused("another process holds %s/daemon.lock but does not answer on daemon.sock for 10 s: a daemon is stuck. "
+                          "Find it with `fuser -v %s/daemon.lock` and stop it" % (dirpath, dirpath))
         time.sleep(0.02)  # bounded retry between two other processes' steps; see the deadline above
 
 

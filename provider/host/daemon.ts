@@ -383,6 +383,8 @@ export class DaemonClient {
 
   /** The control channel, opened (and the daemon started) on first use. */
   private control(signal?: AbortSignal): Promise<Duplex> {
+    // A channel still opening (its hello unanswered) is not handed out: wait for the version check.
+    if (this.opening) return this.opening;
     if (this.channel && !this.channel.destroyed) return Promise.resolve(this.channel);
     this.opening ??= this.openControl(signal).finally(() => (this.opening = undefined));
     return this.opening;
@@ -433,6 +435,11 @@ export class DaemonClient {
       timer.unref();
       this.pending.set(id, { resolve, reject, timer });
       stream.write(JSON.stringify({ id, op: "hello" }) + "\n");
+    }).catch((err: unknown) => {
+      // A channel whose daemon never said who it is is not used.
+      if (this.channel === stream) this.channel = undefined;
+      stream.destroy();
+      throw err;
     });
     if (hello.version !== DAEMON_PROTOCOL_VERSION) {
       stream.destroy();
@@ -451,7 +458,13 @@ export class DaemonClient {
     this.channel = undefined;
     for (const id of [...this.pending.keys()]) {
       this.settle(id)?.reject(
-        new QuiesceError("WATCHDOG_UNAVAILABLE", `${this.label}: the host daemon's control channel closed${err ? ` (${err.message})` : ""}`, { target: this.label }),
+        new QuiesceError(
+          "WATCHDOG_UNAVAILABLE",
+          `${this.label}: the host daemon's control channel closed${err ? ` (${err.message})` : ""} before it answered: the daemon ` +
+            "restarted, or the SSH connection dropped. A window it held is ended by the daemon (thawOnDisconnect) or at its deadline. " +
+            "Check with `quiesce status`, then retry.",
+          { target: this.label },
+        ),
       );
     }
     if (this.holds.size > 0) {
@@ -477,22 +490,27 @@ export class DaemonClient {
       if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** attempt).unref());
       try {
         const channel = await this.control();
-        for (const windowId of windows) {
-          const id = this.nextId++;
-          const reply = await new Promise<Record<string, unknown>>((resolve, reject) => {
-            const timer = setTimeout(() => {
-              this.settle(id);
-              reject(new QuiesceError("WATCHDOG_UNAVAILABLE", `${this.label}: no answer to attach`, { target: this.label }));
-            }, REQUEST_TIMEOUT_MS);
-            timer.unref();
-            this.pending.set(id, { resolve, reject, timer });
-            channel.write(JSON.stringify({ id, op: "attach", windowId }) + "\n");
-          });
+        // Every attach at once, not one per round trip: a restarted daemon gives holders 15 s to come back.
+        const replies = await Promise.all(
+          windows.map((windowId) => {
+            const id = this.nextId++;
+            return new Promise<Record<string, unknown>>((resolve, reject) => {
+              const timer = setTimeout(() => {
+                this.settle(id);
+                reject(new QuiesceError("WATCHDOG_UNAVAILABLE", `${this.label}: no answer to attach`, { target: this.label }));
+              }, REQUEST_TIMEOUT_MS);
+              timer.unref();
+              this.pending.set(id, { resolve, reject, timer });
+              channel.write(JSON.stringify({ id, op: "attach", windowId }) + "\n");
+            });
+          }),
+        );
+        replies.forEach((reply, i) => {
           if (reply.ok !== true) {
-            this.holds.delete(windowId);
-            this.lost.set(windowId, String(reply.message ?? reply.code));
+            this.holds.delete(windows[i]);
+            this.lost.set(windows[i], String(reply.message ?? reply.code));
           }
-        }
+        });
         process.stderr.write(`pulumi-quiesce: ${this.label}: the host daemon's channel closed; re-attached ${windows.filter((w) => this.holds.has(w)).length} of ${windows.length} window(s)\n`);
         this.closeIfIdle();
         return;
@@ -504,6 +522,8 @@ export class DaemonClient {
       this.holds.delete(windowId);
       this.lost.set(windowId, `the host daemon could not be reached again: ${(lastError as Error).message}`);
     }
+    if (this.beat) clearInterval(this.beat);
+    this.beat = undefined;
   }
 
   private async openChannel(signal: AbortSignal | undefined, busyTimeoutMs: number): Promise<Duplex> {

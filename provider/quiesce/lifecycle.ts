@@ -254,6 +254,11 @@ export interface LeaseRecord {
   readonly remainingMs: number;
   /** The daemon is ending the window (its deadline passed, its holder left, or a release is thawing it). */
   readonly ending: boolean;
+  /**
+   * The lease is armed: the window's create reached its freeze. Before that, a claim holds the guest but has
+   * frozen nothing (a freeze seen then is someone else's).
+   */
+  readonly armed: boolean;
 }
 
 function toLease(r: HostRecord): LeaseRecord {
@@ -268,6 +273,7 @@ function toLease(r: HostRecord): LeaseRecord {
     expiresAt: new Date(r.armedAt && r.leaseMs ? Math.round(r.armedAt * 1000) + r.leaseMs : Math.round(r.deadline * 1000)).toISOString(),
     remainingMs: r.remainingMs,
     ending: r.ending,
+    armed: r.armedAt !== null,
   };
 }
 
@@ -337,6 +343,10 @@ function endedState(how: EndedRecord["how"]): WindowState {
 
 function classify(lease: LeaseRecord | undefined, agentStatus: AgentFreezeStatus, windowId: string | undefined, ended?: EndedRecord): WindowState {
   const mine = lease !== undefined && (windowId === undefined || lease.windowId === windowId);
+  if (mine && lease && !lease.armed) {
+    // A create still claiming: nothing of this window is frozen yet, whatever the agent says.
+    return agentStatus === "frozen" ? "frozen-outside" : agentStatus === "gone" ? "vm-gone" : "not-held";
+  }
   if (mine && lease) {
     if (agentStatus === "gone") return "vm-gone";
     if (agentStatus === "thawed") return "thawed-outside";

@@ -84,7 +84,7 @@ export interface ExecOptions extends OpenOptions {
   readonly keepStdinOpen?: boolean;
   /** Keep at most this many bytes of each output stream. Default 65536. */
   readonly maxOutputBytes?: number;
-  /** What the command is for, in a few words ("starting the watchdog"); names it in errors. Default "command". */
+  /** What the command is for, in a few words ("starting the host daemon"); names it in errors. Default "command". */
   readonly purpose?: string;
 }
 

@@ -12,6 +12,8 @@ import * as path from "node:path";
 import {
   CREATE_STEPS,
   createWindow,
+  forceThaw,
+  openSession,
   releaseWindow,
   windowStatus,
   type AgentTarget,
@@ -436,3 +438,36 @@ test("1100 windows held on one daemon at once (no select() limit); an expiring o
     await Promise.all(agents.map((a) => a.stop()));
   }
 }, 180_000);
+
+describe("races the review found", () => {
+  test("a claim whose client leaves at once leaves no agent connection behind: the guest is free for the next client", async () => {
+    await daemonPids(target); // the daemon runs
+    for (let i = 0; i < 5; i++) {
+      const c = net.createConnection(path.join(leaseDir, "daemon.sock"));
+      await new Promise<void>((resolve) => c.once("connect", () => resolve()));
+      c.end(JSON.stringify({ id: 1, op: "claim", socket: agent.socketPath, windowId: `qw-gone-${i}`, owner: "t", claimMs: 60_000 }) + "\n");
+      await new Promise<void>((resolve) => c.once("close", () => resolve()));
+    }
+    // No record stays, and a direct agent session (the chardev serves one client) gets through at once.
+    const deadline = Date.now() + 5_000;
+    while (claimFiles(leaseDir).length > 0 && Date.now() < deadline) await delay(50);
+    expect(claimFiles(leaseDir)).toEqual([]);
+    const s = await openSession(target, { agentSeconds: 3 });
+    s.close();
+    const w = await createWindow({ target, mountpoints: ["/data"] });
+    expect((await releaseWindow({ target, windowId: w.windowId })).outcome).toBe("released");
+  });
+
+  test("a thaw being retried: force and release try again at once instead of answering the stale failure", async () => {
+    const w = await createWindow({ target, mountpoints: ["/data"], thawOnDisconnect: false, timeouts: { agentSeconds: 1, thawSeconds: 1 } });
+    agent.faults.silent = true;
+    const first = await failure(releaseWindow({ target, windowId: w.windowId }, {}));
+    expect(first.code).toBe("FREEZE_MISMATCH");
+    expect(first.message).toMatch(/MAY BE FROZEN.*keeps the record and retries/s);
+    agent.resume();
+    const forced = await forceThaw(target);
+    expect(forced.lease?.windowId).toBe(w.windowId);
+    expect(agent.status).toBe("thawed");
+    expect(claimFiles(leaseDir)).toEqual([]);
+  }, 60_000);
+});

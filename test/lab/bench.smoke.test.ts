@@ -76,7 +76,7 @@ test("the Pulumi stand-in run reports frozen time, command time and their differ
 });
 
 test("the report has every section, a verdict per target, and notes", () => {
-  expect(results.targets.map((t) => t.id)).toEqual(["single.warm-vs-raw", "single.alt-vs-ours", "single.alt-pooled-vs-ours"]);
+  expect(results.targets.map((t) => t.id)).toEqual(["single.warm-vs-raw", "single.alt-vs-ours", "single.alt-pooled-vs-ours", "pulumi.overhead"]);
   for (const t of results.targets) {
     expect(Number.isFinite(t.measured)).toBe(true);
     expect(t.met || typeof t.missedBy === "string").toBe(true);

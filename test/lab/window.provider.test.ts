@@ -41,7 +41,7 @@ function inputs(extra: Record<string, unknown> = {}): Record<string, unknown> {
   };
 }
 
-const agentStatus = (): Promise<string> => agentStatusAt(lab().guest.socketPath);
+const agentStatus = (): Promise<string> => agentStatusAt(lab().guest.socketPath, inputs().leaseDir as string);
 
 test("__provider is small, holds no secret, and only requires the package by name", () => {
   expect(windowText).toContain('require("pulumi-quiesce/provider/dynamic/index")');
