@@ -172,6 +172,9 @@ class AgentConn(asyncio.Protocol):
         self.closed = False
         self.on_lost = on_lost
         self.waiter = None
+        # True after our own sync, while only the daemon's own client has used the connection since (each of its
+        # commands reads exactly its one reply): no stale bytes can be in flight, so the next use needs no sync.
+        self.clean = False
 
     def connection_made(self, transport):
         self.transport = transport
@@ -218,7 +221,12 @@ class AgentConn(asyncio.Protocol):
         line, self.buf = self.buf.split(b"\n", 1)
         return line
 
+    async def ensure_synced(self, timeout):
+        if not self.clean:
+            await self.sync(timeout)
+
     async def sync(self, timeout):
+        self.clean = False
         sync_id = random.randint(1, 2 ** 31 - 2)
         self.buf = b""
         self.write(b"\xff" + json.dumps({"execute": "guest-sync-delimited", "arguments": {"id": sync_id}}).encode() + b"\n")
@@ -229,14 +237,17 @@ class AgentConn(asyncio.Protocol):
                 line = line[line.rindex(b"\xff") + 1:]
             try:
                 if json.loads(line.decode("utf-8", "replace")).get("return") == sync_id:
+                    self.clean = True
                     return
             except (ValueError, AttributeError):
                 pass  # a stale reply, the parser-reset error, or half a line: discarded until our own reply
 
     async def execute(self, command, timeout):
         """One command: ("return", value) or ("error", {"class", "desc"})."""
+        was_clean, self.clean = self.clean, False  # until its reply is read, a reply is in flight
         self.write(json.dumps({"execute": command}).encode() + b"\n")
         reply = json.loads((await self._line(asyncio.get_event_loop().time() + timeout)).decode("utf-8", "replace"))
+        self.clean = was_clean
         if isinstance(reply, dict) and isinstance(reply.get("error"), dict):
             return "error", {"class": str(reply["error"].get("class")), "desc": str(reply["error"].get("desc"))}
         if not isinstance(reply, dict) or "return" not in reply:
@@ -535,21 +546,18 @@ class Daemon:
                 self.finish(guest, how, None)
                 return {"how": how, "thaw": None}
             agent = await self.agent_of(guest)
-            await agent.sync(AGENT_TIMEOUT)
-            before = None
-            if how == "released":
-                kind, before = await agent.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
-                before = before if kind == "return" else None
+            await agent.ensure_synced(AGENT_TIMEOUT)
             count, err = None, None
-            if before != "thawed":
-                kind, value = await agent.execute("guest-fsfreeze-thaw", guest.rec.get("thawMs", 30000) / 1000.0)
-                # qemu-ga thaws and clears its flag before the fsfreeze hook runs with "thaw", and on Windows it
-                # reports that VSS had let writes resume: an error reply may come with the guest thawed. The status
-                # decides.
-                if kind == "return":
-                    count = value
-                else:
-                    err = value
+            kind, value = await agent.execute("guest-fsfreeze-thaw", guest.rec.get("thawMs", 30000) / 1000.0)
+            # qemu-ga thaws and clears its flag before the fsfreeze hook runs with "thaw", and on Windows it reports
+            # that VSS had let writes resume: an error reply may come with the guest thawed. The status decides.
+            if kind == "return":
+                count = value
+            else:
+                err = value
+            # A thaw that thawed nothing found the guest thawed already (by someone else, or a reboot): qemu-ga
+            # returns 0 then, not an error. One round trip less while the guest is frozen than asking first.
+            before = "thawed" if count == 0 else None
             kind, status = await agent.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
             if kind != "return" or status != "thawed":
                 raise RuntimeError("after the thaw the agent reports %r" % (status,))
@@ -732,6 +740,7 @@ class Daemon:
             return
         guest.relay = client
         agent.buf = b""
+        agent.clean = False  # the relay's client may leave replies unread
         writer = client.writer
 
         def to_client(data):
@@ -767,7 +776,7 @@ class Daemon:
                           "try again" % (guest.rec["windowId"], AGENT_TIMEOUT))
         try:
             agent = await self.agent_of(guest)
-            await agent.sync(AGENT_TIMEOUT)
+            await agent.ensure_synced(AGENT_TIMEOUT)
             kind, value = await agent.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
             if kind != "return":
                 raise Failure("AGENT_COMMAND_FAILED", "guest-fsfreeze-status: %s" % value.get("desc"))

@@ -413,31 +413,56 @@ describe("faults around a release", () => {
   });
 });
 
-test("1100 windows held on one daemon at once (no select() limit); an expiring one among them is still thawed on time", async () => {
+test("1100 holders on one daemon at once (no select() limit): each holder's exit thaws its own window only; an expiring lease among them is thawed on time", async () => {
   const n = 1100;
   const agents: FakeAgent[] = [];
+  const holders: net.Socket[] = [];
+  const pool = new SshPool();
   try {
     for (let i = 0; i < n; i++) agents.push(await FakeAgent.start());
     const windows: WindowInfo[] = [];
     for (let i = 0; i < n; i += 100) {
-      windows.push(...(await Promise.all(agents.slice(i, i + 100).map((a) => createWindow({ target: { socketPath: a.socketPath, leaseDir }, mountpoints: ["/data"] })))));
+      windows.push(
+        ...(await Promise.all(agents.slice(i, i + 100).map((a) => createWindow({ target: { socketPath: a.socketPath, leaseDir }, mountpoints: ["/data"] }, { pool })))),
+      );
     }
-    expect(agents.every((a) => a.status === "frozen")).toBe(true);
-    const records = (await daemonFor({ leaseDir }).request("list")).records as unknown[];
-    expect(records).toHaveLength(n);
+    // One holder connection per window, each attached to its window.
+    for (const w of windows) {
+      const c = net.createConnection(path.join(leaseDir, "daemon.sock"));
+      c.on("error", () => undefined);
+      holders.push(c);
+      const reply = await new Promise<string>((resolve) => {
+        c.once("data", (d: Buffer) => resolve(d.toString()));
+        c.write(JSON.stringify({ id: 1, op: "attach", windowId: w.windowId }) + "\n");
+      });
+      expect(JSON.parse(reply)).toMatchObject({ ok: true });
+    }
+    // The creating process lets go: the 1100 attached holders keep every window.
+    daemonFor({ leaseDir }, pool).drop();
+    expect(((await daemonFor({ leaseDir }).request("list")).records as unknown[]).length).toBe(n);
     const { pid } = await daemonPids(target);
-    expect(fs.readdirSync(`/proc/${pid}/fd`).length).toBeGreaterThan(n);
+    expect(fs.readdirSync(`/proc/${pid}/fd`).length).toBeGreaterThan(2 * n);
+    expect(agents.every((a) => a.status === "frozen")).toBe(true);
+    // One holder goes: its window alone is thawed.
+    holders[7].destroy();
+    await waitForFile(endedPath(leaseDir, windows[7].windowId), 15_000);
+    expect(agents[7].status).toBe("thawed");
+    expect(agents.filter((a) => a.status === "frozen")).toHaveLength(n - 1);
+    // A short lease among them ends on time.
     const short = await createWindow({ target, mountpoints: ["/data"], maxDurationSeconds: 2 });
     await waitForFile(endedPath(leaseDir, short.windowId), 15_000);
     expect(agent.status).toBe("thawed");
     expect(Date.now() - Date.parse(short.expiresAt)).toBeLessThan(5_000);
-    const released = await Promise.all(windows.map((w, i) => releaseWindow({ target: { socketPath: agents[i].socketPath, leaseDir }, windowId: w.windowId })));
-    expect(released.every((r) => r.outcome === "released")).toBe(true);
+    // Every other holder goes at once: every window is thawed.
+    for (const c of holders) c.destroy();
+    const deadline = Date.now() + 60_000;
+    while (agents.some((a) => a.status === "frozen") && Date.now() < deadline) await delay(200);
     expect(agents.every((a) => a.status === "thawed")).toBe(true);
   } finally {
+    for (const c of holders) c.destroy();
     await Promise.all(agents.map((a) => a.stop()));
   }
-}, 180_000);
+}, 240_000);
 
 describe("races the review found", () => {
   test("a claim whose client leaves at once leaves no agent connection behind: the guest is free for the next client", async () => {
