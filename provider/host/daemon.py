@@ -710,13 +710,33 @@ class Daemon:
         self.hold(client, guest)
         return {"record": guest.view()}
 
-    async def op_relay(self, client, msg):
-        guest = self.live(msg)
+    async def acquire(self, guest):
+        """Takes the guest's agent connection for one use (a relay, or the daemon's own commands), bounded."""
         try:
             await asyncio.wait_for(guest.lock.acquire(), AGENT_TIMEOUT)
         except asyncio.TimeoutError:
             raise Failure("AGENT_BUSY", "window %s: the agent connection stayed in use (by the window's own create, or a thaw) for %.0f s; "
                           "try again" % (guest.rec["windowId"], AGENT_TIMEOUT))
+
+    async def transient(self, real):
+        """A synced agent connection to a guest no window holds, for one command; the caller closes it at once."""
+        try:
+            _, conn = await asyncio.wait_for(self.loop.create_unix_connection(lambda: AgentConn(lambda c: None), real), AGENT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as e:
+            raise connect_failure(real, e)
+        try:
+            await conn.sync(AGENT_TIMEOUT)
+        except asyncio.TimeoutError:
+            conn.close()
+            raise Failure("AGENT_TIMEOUT", "%s: the agent did not answer within %.0f s" % (real, AGENT_TIMEOUT))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def op_relay(self, client, msg):
+        guest = self.live(msg)
+        await self.acquire(guest)
         try:
             if guest.ending is not None or self.by_window.get(guest.rec["windowId"]) is not guest:
                 raise Failure("NOT_HELD", "window %s ended" % guest.rec["windowId"])
@@ -769,11 +789,7 @@ class Daemon:
 
     async def agent_status_of(self, guest):
         """guest-fsfreeze-status through the held connection, between relay uses."""
-        try:
-            await asyncio.wait_for(guest.lock.acquire(), AGENT_TIMEOUT)
-        except asyncio.TimeoutError:
-            raise Failure("AGENT_BUSY", "window %s: the agent connection stayed in use (by the window's own create, or a thaw) for %.0f s; "
-                          "try again" % (guest.rec["windowId"], AGENT_TIMEOUT))
+        await self.acquire(guest)
         try:
             agent = await self.agent_of(guest)
             await agent.ensure_synced(AGENT_TIMEOUT)
@@ -792,12 +808,8 @@ class Daemon:
 
     async def transient_status(self, real):
         """Status of a guest no window holds: a connection for this one command, closed at once."""
+        conn = await self.transient(real)
         try:
-            _, conn = await asyncio.wait_for(self.loop.create_unix_connection(lambda: AgentConn(lambda c: None), real), AGENT_TIMEOUT)
-        except (OSError, asyncio.TimeoutError) as e:
-            raise connect_failure(real, e)
-        try:
-            await conn.sync(AGENT_TIMEOUT)
             kind, value = await conn.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
             if kind != "return":
                 raise Failure("AGENT_COMMAND_FAILED", "guest-fsfreeze-status: %s" % value.get("desc"))
@@ -858,12 +870,8 @@ class Daemon:
                 raise Failure("THAW_FAILED", "the thaw failed: %s. The daemon keeps the record and keeps trying; check with "
                               "`quiesce status`, and look at the guest agent" % result["failed"])
             return {"record": record, "thaw": result.get("thaw")}
+        conn = await self.transient(real)
         try:
-            _, conn = await asyncio.wait_for(self.loop.create_unix_connection(lambda: AgentConn(lambda c: None), real), AGENT_TIMEOUT)
-        except (OSError, asyncio.TimeoutError) as e:
-            raise connect_failure(real, e)
-        try:
-            await conn.sync(AGENT_TIMEOUT)
             kind, value = await conn.execute("guest-fsfreeze-thaw", AGENT_TIMEOUT * 3)
             skind, status = await conn.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
             return {"record": None, "thaw": {"count": value if kind == "return" else None, "error": value if kind == "error" else None,
