@@ -786,6 +786,23 @@ class Daemon:
             if guest.relay is client:
                 guest.relay = None
             guest.lock.release()
+            # Sync now, while the client moves on (the engine's next step, the snapshot command): the next check or
+            # thaw on this connection then needs no sync while the guest is frozen.
+            if guest.ending is None and self.by_window.get(guest.rec["windowId"]) is guest:
+                asyncio.ensure_future(self.resync(guest))
+
+    async def resync(self, guest):
+        try:
+            await self.acquire(guest)
+        except Failure:
+            return  # busy with a new relay or an end: whoever holds it syncs as needed
+        try:
+            if guest.agent is not None and not guest.agent.closed and guest.ending is None:
+                await guest.agent.ensure_synced(AGENT_TIMEOUT)
+        except Exception as e:  # noqa: BLE001 - the next use syncs again (the connection stays unclean)
+            self.log("window %s: background sync failed: %r" % (guest.rec["windowId"], e))
+        finally:
+            guest.lock.release()
 
     async def agent_status_of(self, guest):
         """guest-fsfreeze-status through the held connection, between relay uses."""
