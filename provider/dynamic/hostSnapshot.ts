@@ -124,9 +124,9 @@ function commandFailed(inputs: HostSnapshotInputs, r: ExecResult): QuiesceError 
 /**
  * create for HostSnapshot: window held → command → window still held.
  *
- * Before the command the lease is checked (no agent session: each one costs about 100 ms of frozen time);
- * after it the agent itself must say frozen with the lease still this window's, which is what proves the
- * snapshot consistent. If that fails, the snapshot just taken is not consistent: the delete command (if
+ * Before the command the host daemon's record is checked (no agent round trip: frozen time is what users feel);
+ * after it the agent itself, through the connection the daemon holds, must say frozen with the record still this
+ * window's, which is what proves the snapshot consistent. If that fails, the snapshot just taken is not consistent: the delete command (if
  * any) removes it, so it neither lands in state nor stays on the host unseen.
  */
 export async function createHostSnapshot(inputs: HostSnapshotInputs): Promise<{ id: Id; outs: HostSnapshotOutputs }> {

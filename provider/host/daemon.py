@@ -25,7 +25,7 @@
 #   unhold  windowId                        -> the window no longer ends when this connection closes
 #   attach  windowId                        -> this connection holds the window again (a holder re-arming)
 #   relay   windowId                        -> {ok}, then the connection is a raw byte pipe to the agent
-#   status  socket? windowId?               -> agentStatus (frozen|thawed|gone), record, ended
+#   status  socket? windowId? agent?        -> agentStatus (frozen|thawed|gone; null with agent: false), record, ended
 #   release windowId thaw                   -> outcome, thaw {count, error, status}, record, ended
 #   force   socket                          -> break-glass thaw of the guest, and removal of any record
 #   list                                    -> records
@@ -852,7 +852,8 @@ class Daemon:
                 return {"agentStatus": await self.transient_status(real), "record": None, "ended": self.ended.get(wid)}
         if guest is None:
             return {"agentStatus": None, "record": None, "ended": self.ended.get(wid)}
-        status = await self.agent_status_of(guest) if guest.ending is None else None
+        # agent: false asks for the record alone (a check whose truth comes from a later one), no agent round trip.
+        status = await self.agent_status_of(guest) if guest.ending is None and msg.get("agent") is not False else None
         return {"agentStatus": status, "record": guest.view(), "ended": None}
 
     async def op_release(self, client, msg):

@@ -395,9 +395,10 @@ export async function windowStatus(
 }
 
 /**
- * Whether `windowId` still holds its guest, asked of the daemon by window id: its record, and the agent's status
- * through the connection the daemon holds (a round trip, no idle poll). `held` only when the record is this
- * window's, before its deadline, and the agent says frozen.
+ * Whether `windowId` still holds its guest, by the daemon's record alone (asked by window id, no agent round
+ * trip): `held` when the record is this window's, armed, before its deadline and not ending. Blind to a thaw made
+ * outside pulumi-quiesce: {@link windowStatus} is the truth, and HostSnapshot asks it after its command, which is
+ * what proves the snapshot consistent; this cheaper check before the command keeps frozen time down.
  */
 export async function leaseHeld(
   target: AgentTarget,
@@ -406,7 +407,7 @@ export async function leaseHeld(
   options: { timeouts?: Timeouts; signal?: AbortSignal } = {},
 ): Promise<{ state: WindowState; lease: LeaseRecord | undefined }> {
   const t = resolved(options.timeouts);
-  const reply = (await daemonOf(target, deps).request("status", { windowId }, { signal: options.signal, timeoutMs: 3 * t.agentSeconds * 1000 + 5_000 })) as unknown as DaemonStatus;
+  const reply = (await daemonOf(target, deps).request("status", { windowId, agent: false }, { signal: options.signal, timeoutMs: t.agentSeconds * 1000 + 5_000 })) as unknown as DaemonStatus;
   const lease = reply.record ? toLease(reply.record) : undefined;
   if (!lease) return { state: reply.ended ? endedState(reply.ended.how) : "not-held", lease };
   return { state: classify(lease, reply.agentStatus ?? "frozen", windowId), lease };
