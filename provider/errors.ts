@@ -19,6 +19,7 @@
  *              started), LEASE_DIR_REFUSED (the lease directory fails the trust checks), LEASE_IO, HOST_COMMAND_FAILED,
  *              NOT_FREEZABLE, VSS_LEASE_TOO_LONG, FSINFO_UNAVAILABLE
  * - agent, per guest OS: FREEZE_HOOK_FAILED (qemu-ga -F), VSS_WRITES_RESUMED, VSS_VOLUME_REFUSED (Windows)
+ * - libvirt:   LIBVIRT_PROTOCOL (a malformed or oversized RPC message)
  * - any:       ABORTED
  */
 export type QuiesceErrorCode =
@@ -58,6 +59,7 @@ export type QuiesceErrorCode =
   | "LEASE_EXPIRED"
   | "WATCHDOG_UNAVAILABLE"
   | "LEASE_DIR_REFUSED"
+  | "LIBVIRT_PROTOCOL"
   | "LEASE_IO"
   | "HOST_COMMAND_FAILED"
   | "NOT_FREEZABLE"
