@@ -19,7 +19,8 @@
  *              started), LEASE_DIR_REFUSED (the lease directory fails the trust checks), LEASE_IO, HOST_COMMAND_FAILED,
  *              NOT_FREEZABLE, VSS_LEASE_TOO_LONG, FSINFO_UNAVAILABLE
  * - agent, per guest OS: FREEZE_HOOK_FAILED (qemu-ga -F), VSS_WRITES_RESUMED, VSS_VOLUME_REFUSED (Windows)
- * - libvirt:   LIBVIRT_PROTOCOL (a malformed or oversized RPC message)
+ * - libvirt:   LIBVIRT_PROTOCOL (a malformed or oversized RPC message), LIBVIRT_ERROR (libvirt refused a call:
+ *              its code, domain and message in the fields), LIBVIRT_TIMEOUT, LIBVIRT_INTERRUPTED
  * - any:       ABORTED
  */
 export type QuiesceErrorCode =
@@ -60,6 +61,9 @@ export type QuiesceErrorCode =
   | "WATCHDOG_UNAVAILABLE"
   | "LEASE_DIR_REFUSED"
   | "LIBVIRT_PROTOCOL"
+  | "LIBVIRT_ERROR"
+  | "LIBVIRT_TIMEOUT"
+  | "LIBVIRT_INTERRUPTED"
   | "LEASE_IO"
   | "HOST_COMMAND_FAILED"
   | "NOT_FREEZABLE"
