@@ -2,14 +2,9 @@
  * The libvirt RPC session against a scripted peer on a real UNIX socket: serials, out-of-order replies, keepalive,
  * remote_error, timeouts with late replies, abort, and a corrupt stream.
  */
-import * as fs from "node:fs";
-import * as net from "node:net";
-import * as os from "node:os";
-import * as path from "node:path";
 import {
   encodeMessage,
   KeepaliveProc,
-  MessageDecoder,
   MessageStatus,
   MessageType,
   PROGRAM,
@@ -19,53 +14,7 @@ import {
 } from "../../provider/libvirt/codec";
 import { LibvirtSession } from "../../provider/libvirt/session";
 import { failure } from "./failure";
-
-/** A peer that hands each call to `onCall`, which may answer with `reply`, and records what it received. */
-class Peer {
-  readonly received: Message[] = [];
-  private server!: net.Server;
-  private socket!: net.Socket;
-  readonly path: string;
-  onCall: (m: Message) => void = () => undefined;
-
-  constructor() {
-    this.path = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "libvirt-peer-")), "libvirt-sock");
-  }
-
-  async start(): Promise<net.Socket> {
-    const connected = new Promise<void>((resolve) => {
-      this.server = net.createServer((s) => {
-        this.socket = s;
-        const d = new MessageDecoder();
-        s.on("data", (c: Buffer) => {
-          for (const m of d.push(c)) {
-            this.received.push(m);
-            if (m.header.type === MessageType.CALL) this.onCall(m);
-          }
-        });
-        resolve();
-      });
-    });
-    await new Promise<void>((resolve) => this.server.listen(this.path, resolve));
-    const client = net.createConnection(this.path);
-    await connected;
-    return client;
-  }
-
-  reply(call: Message, payload: Buffer, status: number = MessageStatus.OK): void {
-    this.socket.write(encodeMessage({ ...call.header, type: MessageType.REPLY, status }, payload));
-  }
-
-  send(buf: Buffer): void {
-    this.socket.write(buf);
-  }
-
-  async stop(): Promise<void> {
-    this.socket?.destroy();
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
-    fs.rmSync(path.dirname(this.path), { recursive: true, force: true });
-  }
-}
+import { LibvirtPeer as Peer } from "./libvirtPeer";
 
 let peer: Peer;
 let session: LibvirtSession;
