@@ -16,6 +16,7 @@ packages=(
   python3           # the host daemon (provider/host/daemon.py) runs on the host holding the agent sockets
   util-linux        # flock (build lock), setpriv (parent-death signal for lab processes)
   apt dpkg          # apt-get download, dpkg -x of the kernel package
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients  # a real libvirtd, run by hand (test/lab/libvirtd.ts)
 )
 
 missing=()
@@ -52,3 +53,20 @@ fi
 
 # sshd's privilege separation directory (normally made by systemd-tmpfiles); test/lab/sshd.ts makes it too.
 mkdir -p /run/sshd
+
+# libvirtd, run by hand for the lab (AGENT-FACTS.md, "libvirt"): its qemu driver wants this system user even
+# when it runs guests as root, and a qemu.conf that neither chowns nor confines the lab's files. The qemu.conf is
+# written only where the packages left none (a --no-install-recommends install ships none): an existing
+# libvirt host's configuration is never touched, and the lab then says what it needs.
+id libvirt-qemu >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin libvirt-qemu
+if [[ ! -e /etc/libvirt/qemu.conf ]]; then
+  mkdir -p /etc/libvirt
+  cat >/etc/libvirt/qemu.conf <<'QEMU_CONF'
+# Written by pulumi-quiesce's .ci/install-lab-deps.sh for the lab's hand-run libvirtd.
+user = "root"
+group = "root"
+dynamic_ownership = 0
+security_driver = "none"
+stdio_handler = "file"
+QEMU_CONF
+fi

@@ -1,25 +1,30 @@
 /**
- * Resolves with a file's content once it exists and `ready` accepts it (fs.watch on its directory, no
- * polling), or fails after `timeoutMs`.
+ * Waits for a path in its directory with fs.watch (no polling), or fails after `timeoutMs`.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
 
-export function waitForFile(file: string, timeoutMs: number, ready: (content: string) => boolean = () => true): Promise<string> {
+/** Resolves with `probe`'s value once it returns one (checked now and on every change in `file`'s directory). */
+function watchFor<T>(file: string, timeoutMs: number, probe: () => T | undefined, what: string): Promise<T> {
   return new Promise((resolve, reject) => {
-    const dir = path.dirname(file);
     const check = (): boolean => {
-      if (!fs.existsSync(file)) return false;
-      const content = fs.readFileSync(file, "utf8");
-      if (!ready(content)) return false;
+      let value: T | undefined;
+      try {
+        value = probe();
+      } catch (err) {
+        cleanup();
+        reject(err);
+        return true;
+      }
+      if (value === undefined) return false;
       cleanup();
-      resolve(content);
+      resolve(value);
       return true;
     };
-    const watcher = fs.watch(dir, () => check());
+    const watcher = fs.watch(path.dirname(file), () => check());
     const timer = setTimeout(() => {
       cleanup();
-      reject(new Error(`${file} did not appear (or never had the awaited content) within ${timeoutMs} ms`));
+      reject(new Error(`${file} ${what} within ${timeoutMs} ms`));
     }, timeoutMs);
     function cleanup(): void {
       clearTimeout(timer);
@@ -27,4 +32,23 @@ export function waitForFile(file: string, timeoutMs: number, ready: (content: st
     }
     check();
   });
+}
+
+/** Resolves with a file's content once it exists and `ready` accepts it. */
+export function waitForFile(file: string, timeoutMs: number, ready: (content: string) => boolean = () => true): Promise<string> {
+  return watchFor(
+    file,
+    timeoutMs,
+    () => {
+      if (!fs.existsSync(file)) return undefined;
+      const content = fs.readFileSync(file, "utf8");
+      return ready(content) ? content : undefined;
+    },
+    "did not appear (or never had the awaited content)",
+  );
+}
+
+/** Resolves once `file` exists, of any type (a socket cannot be read as a file). */
+export function waitForPath(file: string, timeoutMs: number): Promise<void> {
+  return watchFor(file, timeoutMs, () => (fs.existsSync(file) ? true : undefined), "did not appear").then(() => undefined);
 }

@@ -11,7 +11,7 @@ export function labDir(): string {
 }
 
 /** Creates a run dir under `<labDir>/runs`, first removing run dirs whose owning process is gone. */
-export function createRunDir(kind: "guest" | "sshd"): string {
+export function createRunDir(kind: "guest" | "sshd" | "libvirt"): string {
   const runs = path.join(labDir(), "runs");
   fs.mkdirSync(runs, { recursive: true });
   for (const name of fs.readdirSync(runs)) {
