@@ -142,22 +142,6 @@ export interface DaemonRelease {
   readonly ended?: EndedRecord | null;
 }
 
-/** What a claim asks for. */
-export interface ClaimRequest {
-  readonly socketPath: string;
-  readonly windowId: string;
-  readonly owner: string;
-  /**
-   * Milliseconds the claim lasts until {@link DaemonClient.arm} sets the lease: bounds a create that stalls
-   * before its freeze.
-   */
-  readonly claimMs: number;
-  /** Milliseconds the daemon gives its own thaw. */
-  readonly thawMs: number;
-  /** Milliseconds to wait for the agent connection. */
-  readonly agentMs: number;
-}
-
 interface Pending {
   resolve(reply: Record<string, unknown>): void;
   reject(err: unknown): void;
@@ -223,11 +207,6 @@ export class DaemonClient {
   /** The daemon's control socket. */
   get socketPath(): string {
     return path.posix.join(this.dir, "daemon.sock");
-  }
-
-  /** Windows held by this process through this daemon. */
-  get heldWindows(): readonly string[] {
-    return [...this.holds];
   }
 
   /** Why this process's hold on `windowId` was lost, if it was (the daemon ended the window meanwhile). */
@@ -576,7 +555,7 @@ export function daemonScript(): string {
  * `sh -c '…' quiesce-daemon 'DIR'`), which execs the first python it finds with the script on stdin (`-`): the
  * daemon never runs from a file, so no writable place holds code that runs as the SSH user.
  */
-export function startCommand(dir: string): string {
+function startCommand(dir: string): string {
   const program =
     `umask 077; for p in ${INTERPRETERS.join(" ")}; do ` +
     `if command -v "$p" >/dev/null 2>&1; then exec "$p" - "$1"; fi; done; exit ${NO_PYTHON_EXIT}`;
