@@ -20,7 +20,8 @@
  *              NOT_FREEZABLE, VSS_LEASE_TOO_LONG, FSINFO_UNAVAILABLE
  * - agent, per guest OS: FREEZE_HOOK_FAILED (qemu-ga -F), VSS_WRITES_RESUMED, VSS_VOLUME_REFUSED (Windows)
  * - libvirt:   LIBVIRT_PROTOCOL (a malformed or oversized RPC message), LIBVIRT_ERROR (libvirt refused a call:
- *              its code, domain and message in the fields), LIBVIRT_TIMEOUT, LIBVIRT_INTERRUPTED
+ *              its code, domain and message in the fields), LIBVIRT_TIMEOUT, LIBVIRT_INTERRUPTED, LIBVIRT_UNAVAILABLE
+ *              (libvirtd not running), LIBVIRT_AUTH, UNKNOWN_DOMAIN, DOMAIN_NOT_RUNNING, NO_GUEST_AGENT
  * - any:       ABORTED
  */
 export type QuiesceErrorCode =
@@ -64,6 +65,11 @@ export type QuiesceErrorCode =
   | "LIBVIRT_ERROR"
   | "LIBVIRT_TIMEOUT"
   | "LIBVIRT_INTERRUPTED"
+  | "LIBVIRT_UNAVAILABLE"
+  | "LIBVIRT_AUTH"
+  | "UNKNOWN_DOMAIN"
+  | "DOMAIN_NOT_RUNNING"
+  | "NO_GUEST_AGENT"
   | "LEASE_IO"
   | "HOST_COMMAND_FAILED"
   | "NOT_FREEZABLE"

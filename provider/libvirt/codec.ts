@@ -31,6 +31,7 @@ export const RemoteProc = {
   DOMAIN_FSFREEZE: 335,
   DOMAIN_FSTHAW: 336,
   DOMAIN_GET_GUEST_INFO: 418,
+  CONNECT_LIST_ALL_DOMAINS: 273,
 } as const;
 /** Procedures of the QEMU program (qemu_protocol.x). */
 export const QemuProc = { DOMAIN_AGENT_COMMAND: 3 } as const;

@@ -150,3 +150,18 @@ export async function domainAgentCommand(
   r.end();
   return result;
 }
+
+/** VIR_CONNECT_LIST_DOMAINS_ACTIVE. */
+const LIST_DOMAINS_ACTIVE = 1;
+/** REMOTE_DOMAIN_LIST_MAX. */
+const DOMAIN_LIST_MAX = 16384;
+
+/** CONNECT_LIST_ALL_DOMAINS, running domains only: their names, sorted. */
+export async function listRunningDomains(s: LibvirtSession, options?: CallOptions): Promise<string[]> {
+  const payload = new XdrWriter().int(1).uint(LIST_DOMAINS_ACTIVE).bytes();
+  const r = reader(await s.call(PROGRAM.REMOTE, RemoteProc.CONNECT_LIST_ALL_DOMAINS, payload, "CONNECT_LIST_ALL_DOMAINS", options), "domain list");
+  const domains = r.array((x) => readDomain(x), DOMAIN_LIST_MAX);
+  r.uint();
+  r.end();
+  return domains.map((d) => d.name).sort();
+}

@@ -28,6 +28,11 @@ export interface LabLibvirt {
   session(): Promise<LibvirtSession>;
   /** Runs virsh against this libvirtd; resolves with its stdout. */
   virsh(args: readonly string[]): Promise<string>;
+  /**
+   * Defines another domain booting the lab kernel, without data disks (undefined again by stop()); `agent: false`
+   * keeps qemu-ga from starting in it, while its channel is still there.
+   */
+  defineDomain(name: string, options: { agent: boolean; start: boolean }): Promise<void>;
   /** Destroys and undefines the domain, then stops libvirtd. */
   stop(): Promise<void>;
 }
@@ -67,8 +72,13 @@ export async function startLibvirt(options: { bootTimeoutMs?: number } = {}): Pr
   );
   let libvirtd: ChildProcess | undefined;
   let defined = false;
+  const extra: string[] = [];
   const virsh = (args: readonly string[]): Promise<string> => run("virsh", ["-c", uri, ...args], { timeoutMs: 60_000 });
   const stop = async (): Promise<void> => {
+    for (const name of extra) {
+      await virsh(["destroy", name]).catch(() => undefined); // most are not running: "domain is not running" is expected
+      await virsh(["undefine", name]).catch((err: unknown) => process.stderr.write(`lab: virsh undefine ${name}: ${(err as Error).message}\n`));
+    }
     if (defined) {
       await virsh(["destroy", domain]).catch((err: unknown) => process.stderr.write(`lab: virsh destroy: ${(err as Error).message}\n`));
       await virsh(["undefine", domain]).catch((err: unknown) => process.stderr.write(`lab: virsh undefine: ${(err as Error).message}\n`));
@@ -84,7 +94,7 @@ export async function startLibvirt(options: { bootTimeoutMs?: number } = {}): Pr
     await waitForPath(socketPath, 30_000);
     for (const [i, image] of build.images.entries()) await run("cp", ["--sparse=always", image, path.join(runDir, `data${i + 1}.img`)], { timeoutMs: 60_000 });
     const xml = path.join(runDir, "domain.xml");
-    fs.writeFileSync(xml, domainXml(domain, build.kernel, build.initramfs, runDir));
+    fs.writeFileSync(xml, domainXml(domain, build.kernel, build.initramfs, runDir, { agent: true, disks: true }));
     await virsh(["define", xml]);
     defined = true;
     await virsh(["start", domain]);
@@ -120,14 +130,21 @@ export async function startLibvirt(options: { bootTimeoutMs?: number } = {}): Pr
     } finally {
       s.close();
     }
-    return { socketPath, uri, domain, runDir, session, virsh, stop };
+    const defineDomain = async (name: string, o: { agent: boolean; start: boolean }): Promise<void> => {
+      const file = path.join(runDir, `${name}.xml`);
+      fs.writeFileSync(file, domainXml(name, build.kernel, build.initramfs, runDir, { agent: o.agent, disks: false }));
+      await virsh(["define", file]);
+      extra.push(name);
+      if (o.start) await virsh(["start", name]);
+    };
+    return { socketPath, uri, domain, runDir, session, virsh, defineDomain, stop };
   } catch (err) {
     await stop();
     throw err;
   }
 }
 
-function domainXml(name: string, kernel: string, initramfs: string, runDir: string): string {
+function domainXml(name: string, kernel: string, initramfs: string, runDir: string, o: { agent: boolean; disks: boolean }): string {
   const disk = (i: number, dev: string, serial: string): string =>
     `<disk type='file' device='disk'><driver name='qemu' type='raw' cache='none'/><source file='${path.join(runDir, `data${i}.img`)}'/>` +
     `<target dev='${dev}' bus='virtio'/><serial>${serial}</serial></disk>`;
@@ -136,12 +153,12 @@ function domainXml(name: string, kernel: string, initramfs: string, runDir: stri
   <memory unit='MiB'>256</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type><kernel>${kernel}</kernel><initrd>${initramfs}</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1 quiesce.load=0 quiesce.agent=1</cmdline></os>
+    <cmdline>console=ttyS0 quiet panic=-1 quiesce.load=0 quiesce.agent=${o.agent ? 1 : 0}</cmdline></os>
   <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
   <devices>
-    ${disk(1, "vda", "qdata1")}
-    ${disk(2, "vdb", "qdata2")}
-    <serial type='file'><source path='${path.join(runDir, "console.log")}'/><target port='0'/></serial>
+    ${o.disks ? disk(1, "vda", "qdata1") : ""}
+    ${o.disks ? disk(2, "vdb", "qdata2") : ""}
+    <serial type='file'><source path='${path.join(runDir, `${name}.console.log`)}'/><target port='0'/></serial>
     <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
   </devices>
 </domain>
