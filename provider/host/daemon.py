@@ -302,6 +302,7 @@ class Guest:
         self.waiters = []          # futures of end() callers, resolved by the next end attempt
         self.wake = asyncio.Event()  # cuts a retry's backoff short when someone asks again
         self.connecting = None     # the agent connect in progress, shared by concurrent callers
+        self.thaw_sent = False     # a thaw of this window was sent: a later "already thawed" is our own doing
         self.timer = None
         self.grace = None
         self.lock = asyncio.Lock()
@@ -547,7 +548,14 @@ class Daemon:
                 return {"how": how, "thaw": None}
             agent = await self.agent_of(guest)
             await agent.ensure_synced(AGENT_TIMEOUT)
+            before = None
+            if how == "released" and not guest.thaw_sent:
+                # The owner asks whether the window held to the end: the status first, since a thaw hook failing
+                # on "thaw" turns the thaw's own reply into an error that says nothing of what was frozen.
+                kind, value = await agent.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
+                before = value if kind == "return" else None
             count, err = None, None
+            guest.thaw_sent = True
             kind, value = await agent.execute("guest-fsfreeze-thaw", guest.rec.get("thawMs", 30000) / 1000.0)
             # qemu-ga thaws and clears its flag before the fsfreeze hook runs with "thaw", and on Windows it reports
             # that VSS had let writes resume: an error reply may come with the guest thawed. The status decides.
@@ -555,9 +563,10 @@ class Daemon:
                 count = value
             else:
                 err = value
-            # A thaw that thawed nothing found the guest thawed already (by someone else, or a reboot): qemu-ga
-            # returns 0 then, not an error. One round trip less while the guest is frozen than asking first.
-            before = "thawed" if count == 0 else None
+            # A successful thaw of nothing also means the guest was thawed already (`fsfreeze -u` in the guest leaves
+            # the agent's own flag saying frozen), unless an earlier attempt of ours thawed it.
+            if how == "released" and count == 0 and before is not None:
+                before = "thawed"
             kind, status = await agent.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
             if kind != "return" or status != "thawed":
                 raise RuntimeError("after the thaw the agent reports %r" % (status,))

@@ -60,7 +60,17 @@ export interface LibvirtFilesystem {
 }
 
 /** virErrorNumber values this module tells apart. */
-const VIR_ERR = { NO_DOMAIN: 42, AUTH_FAILED: 45, OPERATION_INVALID: 55, AGENT_UNRESPONSIVE: 86 } as const;
+const VIR_ERR = {
+  NO_DOMAIN: 42,
+  AUTH_FAILED: 45,
+  OPERATION_INVALID: 55,
+  ARGUMENT_UNSUPPORTED: 74,
+  AUTH_CANCELLED: 79,
+  AGENT_UNRESPONSIVE: 86,
+  AUTH_UNAVAILABLE: 94,
+  AGENT_COMMAND_TIMEOUT: 112,
+} as const;
+const AUTH_ERRORS: readonly number[] = [VIR_ERR.AUTH_FAILED, VIR_ERR.AUTH_CANCELLED, VIR_ERR.AUTH_UNAVAILABLE];
 
 function label(target: LibvirtTarget): string {
   return `${target.connection ? sshLabel(target.connection) : "local"}:libvirt:${target.domain}`;
@@ -76,7 +86,11 @@ async function dial(target: LibvirtTarget, pool: SshPool, signal: AbortSignal | 
       const channel = await dialer(socketPath, { signal, busyTimeoutMs: 5_000 });
       return new LibvirtSession(channel.stream, { target: channel.target });
     } catch (err) {
-      if (!isQuiesceError(err, "SOCKET_MISSING", "SOCKET_UNREACHABLE")) throw err;
+      if (isQuiesceError(err, "SOCKET_NO_ACCESS")) {
+        throw authRefused(where, `${socketPath} cannot be opened by this user (permission denied): add the user to the libvirt group`);
+      }
+      // A stale socket file of a stopped daemon is as good as none: try the next one.
+      if (!isQuiesceError(err, "SOCKET_MISSING", "SOCKET_UNREACHABLE", "SOCKET_NOT_A_SOCKET")) throw err;
       lastMissing = err;
     }
   }
@@ -104,14 +118,19 @@ export async function openLibvirtGuest(
   try {
     const auth = await authList(s, call);
     if (auth.includes(AuthType.POLKIT)) {
-      if (!(await authPolkit(s, call))) throw authRefused(where, "polkit did not allow this user");
+      // libvirt answers a polkit denial with an error (AUTH_FAILED, AUTH_CANCELLED), not with complete = 0.
+      const allowed = await authPolkit(s, call).catch((err: unknown) => {
+        if (isQuiesceError(err, "LIBVIRT_ERROR") && AUTH_ERRORS.includes(err.fields.libvirtCode as number)) throw authRefused(where, err.message);
+        throw err;
+      });
+      if (!allowed) throw authRefused(where, "polkit did not allow this user");
     } else if (auth.length > 0 && !auth.includes(AuthType.NONE)) {
       throw authRefused(where, `the socket asks for ${auth.map((a) => (a === AuthType.SASL ? "SASL" : String(a))).join(", ")}, which pulumi-quiesce does not speak`);
     }
     try {
       await connectOpen(s, target.libvirtUri ?? DEFAULT_LIBVIRT_URI, 0, call);
     } catch (err) {
-      if (isQuiesceError(err, "LIBVIRT_ERROR") && err.fields.libvirtCode === VIR_ERR.AUTH_FAILED) throw authRefused(where, err.message);
+      if (isQuiesceError(err, "LIBVIRT_ERROR") && AUTH_ERRORS.includes(err.fields.libvirtCode as number)) throw authRefused(where, err.message);
       throw err;
     }
     const uuid = parseUuid(target.domain);
@@ -160,7 +179,18 @@ async function agentAnswers(s: LibvirtSession, domain: DomainRef, where: string,
     await domainAgentCommand(s, domain, '{"execute":"guest-ping"}', 5, call);
   } catch (err) {
     const code = isQuiesceError(err, "LIBVIRT_ERROR") ? err.fields.libvirtCode : undefined;
-    if (code !== VIR_ERR.AGENT_UNRESPONSIVE && code !== VIR_ERR.OPERATION_INVALID) throw err;
+    if (code === VIR_ERR.OPERATION_INVALID && /not running/i.test((err as Error).message)) {
+      // A paused (or shutting down) domain: it has an id, but its agent cannot answer.
+      throw new QuiesceError(
+        "DOMAIN_NOT_RUNNING",
+        `${where}: domain ${domain.name} is not running (${(err as Error).message}). If it is paused, resume it (virsh resume ${domain.name}). Nothing was frozen.`,
+        { target: where, domain: domain.name, libvirtCode: code },
+        { cause: err },
+      );
+    }
+    // 74: "QEMU guest agent is not configured" (no channel); 86: not connected or not answering; 112: timed out.
+    const agentCodes: readonly unknown[] = [VIR_ERR.ARGUMENT_UNSUPPORTED, VIR_ERR.AGENT_UNRESPONSIVE, VIR_ERR.AGENT_COMMAND_TIMEOUT, VIR_ERR.OPERATION_INVALID];
+    if (!agentCodes.includes(code)) throw err;
     throw new QuiesceError(
       "NO_GUEST_AGENT",
       `${where}: domain ${domain.name} has no guest agent answering (${(err as Error).message}). The domain needs ` +
@@ -185,10 +215,12 @@ export function filesystemsFromGuestInfo(info: ReadonlyMap<string, TypedParamVal
     return typeof v === "number" ? v : typeof v === "bigint" ? Number(v) : undefined;
   };
   const out: LibvirtFilesystem[] = [];
-  for (let i = 0; i < (num("fs.count") ?? 0); i++) {
+  // Counts come from the peer: never more than the parameters actually sent.
+  const count = (k: string): number => Math.min(num(k) ?? 0, info.size);
+  for (let i = 0; i < count("fs.count"); i++) {
     const p = `fs.${i}`;
     const disks = [];
-    for (let d = 0; d < (num(`${p}.disk.count`) ?? 0); d++) {
+    for (let d = 0; d < count(`${p}.disk.count`); d++) {
       const q = `${p}.disk.${d}`;
       disks.push({
         ...(text(`${q}.alias`) ? { alias: text(`${q}.alias`) } : {}),

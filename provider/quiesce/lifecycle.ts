@@ -407,7 +407,7 @@ export async function leaseHeld(
   options: { timeouts?: Timeouts; signal?: AbortSignal } = {},
 ): Promise<{ state: WindowState; lease: LeaseRecord | undefined }> {
   const t = resolved(options.timeouts);
-  const reply = (await daemonOf(target, deps).request("status", { windowId, agent: false }, { signal: options.signal, timeoutMs: t.agentSeconds * 1000 + 5_000 })) as unknown as DaemonStatus;
+  const reply = (await daemonOf(target, deps).request("status", { windowId, agent: false }, { signal: options.signal, timeoutMs: 3 * t.agentSeconds * 1000 + 5_000 })) as unknown as DaemonStatus;
   const lease = reply.record ? toLease(reply.record) : undefined;
   if (!lease) return { state: reply.ended ? endedState(reply.ended.how) : "not-held", lease };
   return { state: classify(lease, reply.agentStatus ?? "frozen", windowId), lease };

@@ -149,6 +149,15 @@ describe("freeze hooks (qemu-ga -F)", () => {
     expect((await windowStatus(target, { windowId: short.windowId })).state).toBe("expired");
   }, 30_000);
 
+  test("a hook failing on thaw does not hide a thaw made outside pulumi-quiesce: the release says thawed-outside, not released", async () => {
+    await start({ hook: "fail-on-thaw" });
+    const w = await createWindow({ target, mountpoints: ["/data"] });
+    agent.frozen.clear(); // thawed behind pulumi-quiesce's back (a reboot, an operator)
+    const r = await releaseWindow({ target, windowId: w.windowId });
+    expect(r.outcome).toBe("thawed-outside");
+    expect(agent.status).toBe("thawed");
+  });
+
   test("a missing hook fails the freeze and the thaw after it, yet crash-consistent falls back: the guest is verified thawed", async () => {
     await start({ hook: "missing" });
     const w = await createWindow({ target, mountpoints: ["/data"], onQuiesceFailure: "crash-consistent" });
