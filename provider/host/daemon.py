@@ -295,7 +295,6 @@ class Guest:
         self.real, self.dev, self.ino = real, dev, ino
         self.agent = None
         self.relay = None          # the Client whose connection is the relay, while one is attached
-        self.relay_done = None     # future resolved when the relay detaches
         self.holders = set()
         self.ending = None         # the end task, once ending started
         self.ending_how = None
@@ -620,8 +619,7 @@ class Daemon:
         if client.closed:
             raise Failure("NOT_HELD", "the claiming client went away before its claim ran")
         wid = msg.get("windowId")
-        if self.guest_of(wid) is not None or wid in self.ended:
-            raise Failure("INVALID_INPUT", "window id %s was used before" % wid)
+        self.guest_of(wid)  # validates the id before any I/O
         real, dev, ino = await self.identity_of(msg.get("socket"))
         if client.closed:
             raise Failure("NOT_HELD", "the claiming client went away before its claim ran")

@@ -8,6 +8,13 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { encodeMessage, MessageDecoder, MessageStatus, MessageType, type Message } from "../../provider/libvirt/codec";
 
+/** Wire bytes written as hex, one field per line, `#` starting a comment (for tests that assemble messages by hand). */
+export function wireHex(s: string): Buffer {
+  const digits = s.replace(/#[^\n]*/g, "").replace(/\s+/g, "");
+  if (!/^([0-9a-f]{2})*$/.test(digits)) throw new Error(`not hex: ${digits}`);
+  return Buffer.from(digits, "hex");
+}
+
 /** A peer that hands each call to `onCall`, which may answer with `reply`, and records what it received. */
 export class LibvirtPeer {
   readonly received: Message[] = [];

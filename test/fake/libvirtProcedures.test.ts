@@ -5,9 +5,9 @@
 import { PROGRAM, QemuProc, RemoteProc, TypedParamType, XdrWriter, parseUuid, type Message } from "../../provider/libvirt/codec";
 import { domainAgentCommand, domainFsFreeze, domainFsThaw, domainGetGuestInfo, lookupDomainByName } from "../../provider/libvirt/procedures";
 import { LibvirtSession } from "../../provider/libvirt/session";
-import { LibvirtPeer } from "./libvirtPeer";
+import { LibvirtPeer, wireHex } from "./libvirtPeer";
 
-const hex = (s: string): Buffer => Buffer.from(s.replace(/#[^\n]*/g, "").replace(/\s+/g, ""), "hex");
+const hex = wireHex;
 
 let peer: LibvirtPeer;
 let session: LibvirtSession;

@@ -20,13 +20,9 @@ import {
   XdrWriter,
 } from "../../provider/libvirt/codec";
 import { isQuiesceError } from "../../provider/errors";
+import { wireHex } from "../fake/libvirtPeer";
 
-/** Wire bytes written as hex, one field per line, `#` starting a comment. */
-const hex = (s: string): Buffer => {
-  const digits = s.replace(/#[^\n]*/g, "").replace(/\s+/g, "");
-  if (!/^([0-9a-f]{2})*$/.test(digits)) throw new Error(`not hex: ${digits}`);
-  return Buffer.from(digits, "hex");
-};
+const hex = wireHex;
 
 test("a CONNECT_OPEN call is framed as libvirt's client frames it", () => {
   const payload = new XdrWriter().optionalString("qemu:///system").uint(0).bytes();
