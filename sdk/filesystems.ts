@@ -5,10 +5,14 @@ import type { Connection, FilesystemSummary } from "./types";
 export interface GetGuestFilesystemsArgs {
   /** SSH connection to the host; omitted: the socket is on this machine. */
   connection?: Connection;
-  /** Absolute path of the agent socket on the host. Exactly one of this and `proxmox`. */
+  /** Absolute path of the agent socket on the host. Exactly one of this, `proxmox` and `domain`. */
   socketPath?: string;
   /** A Proxmox VE guest by VMID (its socket is `/var/run/qemu-server/<vmid>.qga`). */
   proxmox?: { vmid: number };
+  /** A libvirt domain by name or UUID (its filesystems come from libvirt's guest info, with disk serials). */
+  domain?: string;
+  /** The domain's libvirt URI, local to the host. Default `qemu:///system`. */
+  libvirtUri?: string;
 }
 
 /** Arguments of {@link getGuestFilesystemsOutput}. */
@@ -16,6 +20,8 @@ export interface GetGuestFilesystemsOutputArgs {
   connection?: pulumi.Input<Connection>;
   socketPath?: pulumi.Input<string>;
   proxmox?: pulumi.Input<{ vmid: pulumi.Input<number> }>;
+  domain?: pulumi.Input<string>;
+  libvirtUri?: pulumi.Input<string>;
 }
 
 /**
@@ -31,8 +37,8 @@ export interface GetGuestFilesystemsOutputArgs {
 export async function getGuestFilesystems(args: GetGuestFilesystemsArgs): Promise<FilesystemSummary[]> {
   // Loaded lazily so that importing the SDK stays light.
   const { listFilesystems } = require("pulumi-quiesce/provider/quiesce/lifecycle") as typeof import("../provider/quiesce/lifecycle");
-  const { summarizeFilesystems, socketPathOf } = require("pulumi-quiesce/provider/dynamic/window") as typeof import("../provider/dynamic/window");
-  const filesystems = await listFilesystems({ connection: args.connection as never, socketPath: socketPathOf(args) });
+  const { summarizeFilesystems, target } = require("pulumi-quiesce/provider/dynamic/window") as typeof import("../provider/dynamic/window");
+  const filesystems = await listFilesystems(target({ ...args, connection: args.connection as never }));
   return summarizeFilesystems(filesystems);
 }
 

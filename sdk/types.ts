@@ -56,7 +56,9 @@ export interface FilesystemSummary {
   /**
    * Backing disks: serial (when set), guest device, bus type, bus target (`virtio:0:0:0`) and the controller's
    * PCI address (`0000:00:05.0`; select it as `pci:0000:00:05.0`). Every virtio-blk disk has bus target
-   * `virtio:0:0:0`: tell them apart by serial, device or PCI address.
+   * `virtio:0:0:0`: tell them apart by serial, device or PCI address. For a libvirt domain: serial, guest device
+   * and libvirt's target (`vda`, select it as is); libvirt reports no bus, so `busType` is `unknown` and
+   * `target` empty.
    */
-  disks: { serial?: string; dev?: string; busType: string; target: string; pci?: string }[];
+  disks: { serial?: string; dev?: string; busType: string; target: string; pci?: string; libvirtTarget?: string }[];
 }

@@ -48,11 +48,25 @@ export const providersForTesting = { windowProvider, releaseProvider, hostSnapsh
 export interface QuiesceWindowArgs {
   /** SSH connection to the hypervisor host. Omitted: the agent socket is on the machine running Pulumi. */
   connection?: pulumi.Input<Connection>;
-  /** Absolute path of the guest agent's chardev socket on the host. Exactly one of this and `proxmox`. */
+  /**
+   * Absolute path of the guest agent's chardev socket on the host (bare QEMU). Exactly one of this, `proxmox`
+   * and `domain`.
+   */
   socketPath?: pulumi.Input<string>;
   /**
+   * A libvirt domain, by name or UUID: frozen through libvirt, which owns its agent (see the README, "libvirt").
+   * Exactly one of this, `socketPath` and `proxmox`.
+   */
+  domain?: pulumi.Input<string>;
+  /**
+   * The domain's libvirt URI, local to the host: `qemu:///system` (the default) or `qemu:///session`, optionally
+   * with `?socket=/path` (libvirt's socket; default `/var/run/libvirt/virtqemud-sock` if it exists, else
+   * `/var/run/libvirt/libvirt-sock`). Only with `domain`.
+   */
+  libvirtUri?: pulumi.Input<string>;
+  /**
    * A Proxmox VE guest, by VMID: its agent socket is `/var/run/qemu-server/<vmid>.qga`. Proxmox shares that
-   * socket with its own backups (see the README, "Proxmox VE"). Exactly one of this and `socketPath`.
+   * socket with its own backups (see the README, "Proxmox VE"). Exactly one of this, `socketPath` and `domain`.
    */
   proxmox?: pulumi.Input<{ vmid: pulumi.Input<number> }>;
   /**
@@ -66,7 +80,10 @@ export interface QuiesceWindowArgs {
   onQuiesceFailure?: pulumi.Input<"fail" | "crash-consistent">;
   /** Guest mount points to freeze, e.g. `["/data"]`. Omitted (and no `disks`): every filesystem. */
   mountpoints?: pulumi.Input<pulumi.Input<string>[]>;
-  /** Select filesystems by backing disk: serial, guest device (`/dev/vdb`) or bus target (`virtio:0:0:1`). */
+  /**
+   * Select filesystems by backing disk: serial, guest device (`/dev/vdb`), bus target (`virtio:0:0:1`), PCI address
+   * (`pci:0000:00:05.0`), or for a libvirt domain libvirt's target (`vda`).
+   */
   disks?: pulumi.Input<pulumi.Input<string>[]>;
   /**
    * Lease length in seconds: the guest is thawed by then whatever happens. Default 300; on a Windows guest
@@ -135,8 +152,12 @@ export class QuiesceWindow extends pulumi.dynamic.Resource {
   declare public readonly consistencyReason: pulumi.Output<string>;
   /** The guest agent's OS kind, from guest-get-osinfo: `linux`, `freebsd` or `windows`. */
   declare public readonly guestOs: pulumi.Output<string>;
-  /** The agent socket on the host (resolved from `proxmox` when that named the guest). */
-  declare public readonly socketPath: pulumi.Output<string>;
+  /** The agent socket on the host (resolved from `proxmox` when that named the guest); absent for a domain. */
+  declare public readonly socketPath: pulumi.Output<string | undefined>;
+  /** The libvirt domain, when the window is on one. */
+  declare public readonly domain: pulumi.Output<string | undefined>;
+  /** Its libvirt URI. */
+  declare public readonly libvirtUri: pulumi.Output<string | undefined>;
   declare public readonly connection: pulumi.Output<Connection | undefined>;
   declare public readonly leaseDir: pulumi.Output<string | undefined>;
   declare public readonly timeouts: pulumi.Output<TimeoutsArgs | undefined>;
@@ -275,7 +296,15 @@ export class HostSnapshot extends pulumi.dynamic.Resource {
 
 /** The inputs a resource that acts on a window takes from it: which window, and how to reach its guest. */
 function windowTarget(w: QuiesceWindow): pulumi.Inputs {
-  return { windowId: w.windowId, connection: w.connection, socketPath: w.socketPath, leaseDir: w.leaseDir, timeouts: w.timeouts };
+  return {
+    windowId: w.windowId,
+    connection: w.connection,
+    socketPath: w.socketPath,
+    domain: w.domain,
+    libvirtUri: w.libvirtUri,
+    leaseDir: w.leaseDir,
+    timeouts: w.timeouts,
+  };
 }
 
 /** Options of a resource that acts on a window: it depends on the window, and its connection output is secret. */

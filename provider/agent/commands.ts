@@ -3,7 +3,18 @@
  * reply; an unexpected shape is AGENT_PROTOCOL, never a silent `undefined`.
  */
 import { QuiesceError } from "../errors";
-import type { AgentSession, ExecuteOptions } from "./session";
+import type { ExecuteOptions } from "./session";
+
+/**
+ * What the typed commands need of a way to the agent: a QGA session (AgentSession), or libvirt's agent
+ * command for a guest whose agent libvirt owns (provider/libvirt/agent.ts). `execute` resolves with the reply's
+ * `return` value, or rejects with a QuiesceError.
+ */
+export interface AgentExecutor {
+  /** Label for messages. */
+  readonly target: string;
+  execute(command: string, args?: Readonly<Record<string, unknown>>, options?: ExecuteOptions): Promise<unknown>;
+}
 
 /** A command the agent supports, from `guest-info`. */
 export interface AgentCommandInfo {
@@ -23,7 +34,7 @@ export interface AgentInfo {
 
 /** A disk backing a guest filesystem, from `guest-get-fsinfo`. */
 export interface GuestDisk {
-  /** Bus type as the agent names it: `virtio`, `scsi`, `ide`, `sata`, `nvme`, ... */
+  /** Bus type as the agent names it: `virtio`, `scsi`, `ide`, `sata`, `nvme`, ...; `unknown` when not reported. */
   readonly busType: string;
   /** Bus number. */
   readonly bus: number;
@@ -40,6 +51,11 @@ export interface GuestDisk {
    * apart when neither has a serial: each is its own PCI device, and each reports bus target `virtio:0:0:0`.
    */
   readonly pciController?: { readonly domain: number; readonly bus: number; readonly slot: number; readonly function: number };
+  /**
+   * libvirt's target of the disk on the host side (`vda`, `sdb`: the domain XML's `<target dev=.../>`), for a libvirt
+   * domain's filesystems (from DOMAIN_GET_GUEST_INFO, which reports no bus address: `busType` is then `unknown`).
+   */
+  readonly libvirtTarget?: string;
 }
 
 /** A guest filesystem, from `guest-get-fsinfo`. */
@@ -62,12 +78,12 @@ export interface GuestFilesystem {
 export type FreezeStatus = "thawed" | "frozen";
 
 /** `guest-ping`: resolves when the agent answers. */
-export async function ping(session: AgentSession, options?: ExecuteOptions): Promise<void> {
+export async function ping(session: AgentExecutor, options?: ExecuteOptions): Promise<void> {
   await session.execute("guest-ping", undefined, options);
 }
 
 /** `guest-info`: agent version and commands. */
-export async function getInfo(session: AgentSession, options?: ExecuteOptions): Promise<AgentInfo> {
+export async function getInfo(session: AgentExecutor, options?: ExecuteOptions): Promise<AgentInfo> {
   const command = "guest-info";
   const value = record(await session.execute(command, undefined, options), session, command);
   const list = value.supported_commands;
@@ -96,7 +112,7 @@ export interface GuestOsInfo {
  * `guest-get-osinfo` (qemu-ga 2.10 and later; qga/qapi-schema.json GuestOSInfo). On POSIX guests `id` comes from
  * os-release (the lab guest says `quiesce-lab`); on Windows it is always `mswindows`.
  */
-export async function getOsinfo(session: AgentSession, options?: ExecuteOptions): Promise<GuestOsInfo> {
+export async function getOsinfo(session: AgentExecutor, options?: ExecuteOptions): Promise<GuestOsInfo> {
   const command = "guest-get-osinfo";
   const value = record(await session.execute(command, undefined, options), session, command);
   const text = (key: string): string | undefined => (typeof value[key] === "string" ? (value[key] as string) : undefined);
@@ -109,7 +125,7 @@ export async function getOsinfo(session: AgentSession, options?: ExecuteOptions)
 }
 
 /** `guest-get-fsinfo`: the guest's mounted filesystems and their disks. Refused while frozen. */
-export async function getFsinfo(session: AgentSession, options?: ExecuteOptions): Promise<GuestFilesystem[]> {
+export async function getFsinfo(session: AgentExecutor, options?: ExecuteOptions): Promise<GuestFilesystem[]> {
   const command = "guest-get-fsinfo";
   const value = await session.execute(command, undefined, options);
   if (!Array.isArray(value)) throw shapeError(session, command, value);
@@ -151,7 +167,7 @@ function pciController(value: unknown): Pick<GuestDisk, "pciController"> {
 }
 
 /** `guest-fsfreeze-status`. */
-export async function fsfreezeStatus(session: AgentSession, options?: ExecuteOptions): Promise<FreezeStatus> {
+export async function fsfreezeStatus(session: AgentExecutor, options?: ExecuteOptions): Promise<FreezeStatus> {
   const command = "guest-fsfreeze-status";
   const value = await session.execute(command, undefined, options);
   if (value !== "thawed" && value !== "frozen") throw shapeError(session, command, value);
@@ -159,7 +175,7 @@ export async function fsfreezeStatus(session: AgentSession, options?: ExecuteOpt
 }
 
 /** `guest-fsfreeze-freeze`: freezes every freezable filesystem; returns how many it froze. */
-export async function fsfreezeFreezeAll(session: AgentSession, options?: ExecuteOptions): Promise<number> {
+export async function fsfreezeFreezeAll(session: AgentExecutor, options?: ExecuteOptions): Promise<number> {
   return count(session, "guest-fsfreeze-freeze", undefined, options);
 }
 
@@ -169,7 +185,7 @@ export async function fsfreezeFreezeAll(session: AgentSession, options?: Execute
  * (AGENT-FACTS.md), so an empty list is refused here: it never means "all".
  */
 export async function fsfreezeFreezeList(
-  session: AgentSession,
+  session: AgentExecutor,
   mountpoints: readonly string[],
   options?: ExecuteOptions,
 ): Promise<number> {
@@ -185,12 +201,12 @@ export async function fsfreezeFreezeList(
 }
 
 /** `guest-fsfreeze-thaw`: thaws everything (it takes no list); returns how many it thawed (0 when thawed). */
-export async function fsfreezeThaw(session: AgentSession, options?: ExecuteOptions): Promise<number> {
+export async function fsfreezeThaw(session: AgentExecutor, options?: ExecuteOptions): Promise<number> {
   return count(session, "guest-fsfreeze-thaw", undefined, options);
 }
 
 async function count(
-  session: AgentSession,
+  session: AgentExecutor,
   command: string,
   args: Record<string, unknown> | undefined,
   options: ExecuteOptions | undefined,
@@ -200,12 +216,12 @@ async function count(
   return value;
 }
 
-function record(value: unknown, session: AgentSession, command: string): Record<string, unknown> {
+function record(value: unknown, session: AgentExecutor, command: string): Record<string, unknown> {
   if (typeof value !== "object" || value === null || Array.isArray(value)) throw shapeError(session, command, value);
   return value as Record<string, unknown>;
 }
 
-function shapeError(session: AgentSession, command: string, value: unknown): QuiesceError {
+function shapeError(session: AgentExecutor, command: string, value: unknown): QuiesceError {
   const text = JSON.stringify(value) ?? String(value);
   return new QuiesceError(
     "AGENT_PROTOCOL",

@@ -22,6 +22,7 @@ import {
 } from "../quiesce/lifecycle";
 import type { GuestFilesystem } from "../agent/commands";
 import { diskBusTarget, diskPciAddress } from "../quiesce/plan";
+import { libvirtUriProblem } from "../quiesce/validate";
 import { dropAllHolds, DAEMON_PROTOCOL_VERSION } from "../host/daemon";
 import { runHostCommand as runOnHost } from "../transport/hostCommand";
 import { defaultSshPool, shellQuote, type ExecResult, type SshConnectionConfig } from "../transport/ssh";
@@ -35,6 +36,8 @@ export const EXIT_FAILURE = 1;
 interface TargetOptions {
   socket?: string;
   proxmoxVmid?: string;
+  domain?: string;
+  libvirtUri?: string;
   local?: boolean;
   host?: string;
   port?: string;
@@ -80,20 +83,35 @@ function parseJump(spec: string, base: SshConnectionConfig): SshConnectionConfig
 
 /** Builds the agent target from the TARGET options. */
 export function targetFrom(o: TargetOptions): AgentTarget {
-  if (o.socket && o.proxmoxVmid) throw new UsageError("give either --socket or --proxmox-vmid, not both");
-  if (o.proxmoxVmid) {
-    const vmid = parseNumber(o.proxmoxVmid, "--proxmox-vmid", 100, 999_999_999) as number;
-    if (!Number.isInteger(vmid)) throw new UsageError(`--proxmox-vmid must be a whole number; got ${JSON.stringify(o.proxmoxVmid)}`);
-    o = { ...o, socket: proxmoxSocketPath(vmid) };
+  const targets = [o.socket && "--socket", o.proxmoxVmid && "--proxmox-vmid", o.domain !== undefined && "--domain"].filter(Boolean);
+  if (targets.length > 1) throw new UsageError(`give one of --socket, --proxmox-vmid and --domain, not ${targets.join(" and ")}`);
+  if (o.libvirtUri !== undefined) {
+    if (o.domain === undefined) throw new UsageError("--libvirt-uri goes with --domain (a libvirt domain)");
+    const problem = libvirtUriProblem(o.libvirtUri);
+    if (problem) throw new UsageError(`--libvirt-uri: ${problem}`);
   }
-  if (!o.socket) throw new UsageError("--socket PATH (the absolute path of the guest agent socket on the host) or --proxmox-vmid N is required");
-  if (!o.socket.startsWith("/")) {
-    throw new UsageError(`--socket must be an absolute path (e.g. /var/lib/vms/vm1/qga.sock); got ${JSON.stringify(o.socket)}`);
+  if (o.domain !== undefined && o.domain.trim() === "") throw new UsageError("--domain must name a libvirt domain (its name or UUID; virsh list shows them)");
+  if (o.domain === undefined) {
+    if (o.proxmoxVmid) {
+      const vmid = parseNumber(o.proxmoxVmid, "--proxmox-vmid", 100, 999_999_999) as number;
+      if (!Number.isInteger(vmid)) throw new UsageError(`--proxmox-vmid must be a whole number; got ${JSON.stringify(o.proxmoxVmid)}`);
+      o = { ...o, socket: proxmoxSocketPath(vmid) };
+    }
+    if (!o.socket) {
+      throw new UsageError("--socket PATH (the absolute path of the guest agent socket on the host), --proxmox-vmid N or --domain NAME (a libvirt domain) is required");
+    }
+    if (!o.socket.startsWith("/")) {
+      throw new UsageError(`--socket must be an absolute path (e.g. /var/lib/vms/vm1/qga.sock); got ${JSON.stringify(o.socket)}`);
+    }
   }
   if (o.local && o.host) throw new UsageError("give either --local or --host, not both");
   if (!o.local && !o.host) throw new UsageError("give --local (the socket is on this machine) or --host HOST");
   if (o.leaseDir !== undefined && !o.leaseDir.startsWith("/")) throw new UsageError("--lease-dir must be an absolute path");
-  if (o.local) return { socketPath: o.socket, leaseDir: o.leaseDir };
+  const guest = (connection?: SshConnectionConfig): AgentTarget =>
+    o.domain !== undefined
+      ? { connection, domain: o.domain, libvirtUri: o.libvirtUri, leaseDir: o.leaseDir }
+      : { connection, socketPath: o.socket as string, leaseDir: o.leaseDir };
+  if (o.local) return guest(undefined);
   const verifications = [o.knownHosts !== undefined, o.hostKey !== undefined, o.insecureSkipHostKeyCheck === true].filter(Boolean).length;
   if (verifications > 1) throw new UsageError("give at most one of --known-hosts, --host-key and --insecure-skip-host-key-check");
   let privateKey: string | undefined;
@@ -114,7 +132,7 @@ export function targetFrom(o: TargetOptions): AgentTarget {
     hostKey: o.hostKey,
     insecureSkipHostKeyCheck: o.insecureSkipHostKeyCheck === true ? true : undefined,
   };
-  return { connection: o.jump ? { ...connection, proxy: parseJump(o.jump, connection) } : connection, socketPath: o.socket, leaseDir: o.leaseDir };
+  return guest(o.jump ? { ...connection, proxy: parseJump(o.jump, connection) } : connection);
 }
 
 function timeouts(o: TargetOptions): { agentSeconds?: number } {
@@ -125,6 +143,8 @@ function withTargetOptions(cmd: Command): Command {
   return cmd
     .option("--socket <path>", "absolute path of the guest agent socket on the host")
     .option("--proxmox-vmid <n>", "a Proxmox VE guest: its socket is /var/run/qemu-server/<n>.qga")
+    .option("--domain <name>", "a libvirt domain (name or UUID), frozen through libvirt, in place of --socket")
+    .option("--libvirt-uri <uri>", "with --domain: libvirt URI on the host (default qemu:///system)")
     .option("--local", "the socket is on this machine")
     .option("--host <host>", "hypervisor host to reach over SSH")
     .option("--port <n>", "SSH port (default 22)")
@@ -203,11 +223,11 @@ export function filesystemTable(filesystems: readonly GuestFilesystem[]): string
     f.disks
       .map((d) => {
         const pci = diskPciAddress(d);
-        return [d.serial ? `serial=${d.serial}` : "", d.dev ?? "", diskBusTarget(d), pci ? `pci:${pci}` : ""].filter(Boolean).join(" ");
+        return [d.serial ? `serial=${d.serial}` : "", d.dev ?? "", d.libvirtTarget ? `target=${d.libvirtTarget}` : "", d.busType === "unknown" ? "" : diskBusTarget(d), pci ? `pci:${pci}` : ""].filter(Boolean).join(" ");
       })
       .join("; ") || "-",
   ]);
-  const header = ["MOUNTPOINT", "TYPE", "USED / TOTAL", "DISKS (serial, device, bus target, PCI address)"];
+  const header = ["MOUNTPOINT", "TYPE", "USED / TOTAL", "DISKS (serial, device, libvirt target, bus target, PCI address)"];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (cells: string[]): string => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]))).join("  ");
   return [line(header), ...rows.map(line)].join("\n");
@@ -261,10 +281,10 @@ export function buildProgram(): Command {
 
   withTargetOptions(program.command("freeze").description("freeze; the window is held until `quiesce thaw` or the TTL"))
     .option("--mountpoint <path>", "guest mount point to freeze (repeatable); none: every filesystem", collect, [])
-    .option("--disk <id>", "freeze the filesystems on one disk: serial, /dev/vdX, bus target or pci:DDDD:BB:SS.F (repeatable)", collect, [])
+    .option("--disk <id>", "freeze the filesystems on one disk: serial, /dev/vdX, bus target, pci:DDDD:BB:SS.F, or a libvirt target (vdb) (repeatable)", collect, [])
     .option("--ttl <seconds>", "lease: the guest is thawed after this many seconds whatever happens (default 300; 10 on Windows)")
     .option("--on-failure <policy>", "fail, or crash-consistent: when the guest cannot be frozen, go on with nothing frozen", "fail")
-    .addHelpText("after", "\nExample:\n  quiesce freeze --host hv1 --socket /var/lib/vms/db/qga.sock --mountpoint /data --ttl 60")
+    .addHelpText("after", "\nExamples:\n  quiesce freeze --host hv1 --socket /var/lib/vms/db/qga.sock --mountpoint /data --ttl 60\n  quiesce freeze --host hv1 --domain db1 --disk vdb --ttl 60")
     .action(async (o: WindowOptions) =>
       execute(o, async () => {
         const target = targetFrom(o);
@@ -346,7 +366,7 @@ export function buildProgram(): Command {
 
   withTargetOptions(program.command("run").description("freeze, run a command on the host, release; killing `run` thaws at once"))
     .option("--mountpoint <path>", "guest mount point to freeze (repeatable); none: every filesystem", collect, [])
-    .option("--disk <id>", "freeze the filesystems on one disk: serial, /dev/vdX, bus target or pci:DDDD:BB:SS.F (repeatable)", collect, [])
+    .option("--disk <id>", "freeze the filesystems on one disk: serial, /dev/vdX, bus target, pci:DDDD:BB:SS.F, or a libvirt target (vdb) (repeatable)", collect, [])
     .option("--ttl <seconds>", "lease: the guest is thawed after this many seconds whatever happens (default 300; 10 on Windows)")
     .option("--on-failure <policy>", "fail, or crash-consistent: when the guest cannot be frozen, run the command anyway with nothing frozen", "fail")
     .argument("<host-command...>", "the command to run on the host while frozen (after --)")

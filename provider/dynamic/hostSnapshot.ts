@@ -20,7 +20,11 @@ type Id = string;
 export interface HostSnapshotInputs {
   readonly windowId: string;
   readonly connection?: SshConnectionConfig;
-  readonly socketPath: string;
+  /** The window's agent socket; absent for a window on a libvirt domain. */
+  readonly socketPath?: string;
+  /** The window's libvirt domain, when it has one. */
+  readonly domain?: string;
+  readonly libvirtUri?: string;
   readonly leaseDir?: string;
   /** Shell command run on the host while the window is held. */
   readonly create: string;

@@ -16,7 +16,11 @@ type Id = string;
 export interface ReleaseInputs {
   readonly windowId: string;
   readonly connection?: SshConnectionConfig;
-  readonly socketPath: string;
+  /** The window's agent socket; absent for a window on a libvirt domain. */
+  readonly socketPath?: string;
+  /** The window's libvirt domain, when it has one. */
+  readonly domain?: string;
+  readonly libvirtUri?: string;
   readonly leaseDir?: string;
   readonly timeouts?: Timeouts;
   /** The window's consistency: a `crash` window froze nothing, so there is nothing to release. */

@@ -11,6 +11,10 @@ export interface GuestReference {
   readonly connection?: SshConnectionConfig;
   readonly socketPath?: string;
   readonly proxmox?: { readonly vmid: number };
+  /** A libvirt domain (name or UUID), in place of a socket. */
+  readonly domain?: string;
+  /** Its libvirt URI (default qemu:///system). */
+  readonly libvirtUri?: string;
   readonly leaseDir?: string;
 }
 
@@ -23,6 +27,7 @@ export function socketPathOf(inputs: Pick<GuestReference, "socketPath" | "proxmo
 
 /** Where a window's guest is, from the inputs of any resource that acts on it. */
 export function target(inputs: GuestReference): AgentTarget {
+  if (inputs.domain) return { connection: inputs.connection, domain: inputs.domain, libvirtUri: inputs.libvirtUri, leaseDir: inputs.leaseDir };
   return { connection: inputs.connection, socketPath: socketPathOf(inputs), leaseDir: inputs.leaseDir };
 }
 
@@ -49,7 +54,7 @@ export function describeOutcome(outcome: string, leaseOwner: string | undefined)
     case "disconnected":
       return "the process that held the window went away and the host daemon thawed the guest (thawOnDisconnect)";
     case "vm-gone":
-      return "the guest agent's socket no longer exists on the host: the VM stopped or was deleted, which ended the freeze";
+      return "the guest agent's socket no longer exists on the host (or its libvirt domain is no longer running): the VM stopped or was deleted, which ended the freeze";
     default:
       return outcome;
   }

@@ -27,6 +27,7 @@ import {
 import { validateWindowInputs, type InputFailure } from "../quiesce/validate";
 import { diskBusTarget, diskPciAddress } from "../quiesce/plan";
 import { DEFAULT_LEASE_DIR } from "../host/daemon";
+import { DEFAULT_LIBVIRT_URI } from "../libvirt/procedures";
 import { ruleMethods, type ResourceRules } from "./rules";
 import { describeOutcome, note, target } from "./shared";
 
@@ -45,6 +46,10 @@ export interface WindowInputs {
   readonly socketPath?: string;
   /** A Proxmox VE guest by VMID: its socket is `/var/run/qemu-server/<vmid>.qga`. */
   readonly proxmox?: { readonly vmid: number };
+  /** A libvirt domain by name or UUID, reached through libvirt; in place of `socketPath`. */
+  readonly domain?: string;
+  /** The domain's libvirt URI, local to the host. Default `qemu:///system`. */
+  readonly libvirtUri?: string;
   /** What to do when the guest cannot be frozen. Default `"fail"`. */
   readonly onQuiesceFailure?: OnQuiesceFailure;
   readonly mountpoints?: string[];
@@ -68,7 +73,7 @@ export interface FilesystemSummary {
   readonly type: string;
   readonly usedBytes?: number;
   readonly totalBytes?: number;
-  readonly disks: { serial?: string; dev?: string; busType: string; target: string; pci?: string }[];
+  readonly disks: { serial?: string; dev?: string; busType: string; target: string; pci?: string; libvirtTarget?: string }[];
 }
 
 /** QuiesceWindow outputs. */
@@ -110,8 +115,9 @@ export function summarizeFilesystems(filesystems: readonly GuestFilesystem[]): F
         ...(d.serial ? { serial: d.serial } : {}),
         ...(d.dev ? { dev: d.dev } : {}),
         busType: d.busType,
-        target: diskBusTarget(d),
+        target: d.busType === "unknown" ? "" : diskBusTarget(d),
         ...(pci ? { pci } : {}),
+        ...(d.libvirtTarget ? { libvirtTarget: d.libvirtTarget } : {}),
       };
     }),
   }));
@@ -129,11 +135,12 @@ export async function checkWindow(_olds: unknown, news: WindowInputs): Promise<{
  * the lease and the triggers replace; credentials, timeouts and the owner labels update.
  */
 export const WINDOW_RULES: ResourceRules = {
-  replaces: ["connection.host", "connection.port", "socketPath", "leaseDir", "mountpoints", "disks", "maxDurationSeconds", "thawOnDisconnect", "triggers"],
+  replaces: ["connection.host", "connection.port", "socketPath", "domain", "libvirtUri", "leaseDir", "mountpoints", "disks", "maxDurationSeconds", "thawOnDisconnect", "triggers"],
   defaults: {
     "connection.port": 22,
     "connection.user": "root",
     leaseDir: DEFAULT_LEASE_DIR,
+    libvirtUri: DEFAULT_LIBVIRT_URI,
     maxDurationSeconds: DEFAULT_MAX_DURATION_SECONDS,
     thawOnDisconnect: true,
     mountpoints: [],
@@ -186,7 +193,7 @@ export async function createWindowResource(inputs: WindowInputs): Promise<{ id: 
     outs: {
       ...inputs,
       // The resolved socket, so that the resources acting on the window reach it whatever named it.
-      socketPath: t.socketPath,
+      ...(t.socketPath !== undefined ? { socketPath: t.socketPath } : {}),
       windowId: w.windowId,
       frozenMountpoints: [...w.frozenMountpoints],
       frozenCount: w.frozenCount,

@@ -13,24 +13,31 @@
 # relay onto it; the deadline, a holder's disconnect or silence, and a release cut any relay, then the daemon
 # syncs, thaws, verifies "thawed", records how the window ended and removes the record.
 #
+# libvirt guests. libvirt owns such a guest's agent socket for good, so the daemon cannot hold it: a record is keyed
+# by the domain's UUID instead ("lv-<uuid>"), the client's libvirt RPC session runs over a relay onto a fresh
+# connection to libvirt's socket (cut, like any relay, before an end thaws, so nothing the client sent can reach
+# libvirt after the daemon's thaw), and the daemon's own status and thaw go through libvirt with virsh, as an argv
+# (`virsh -c URI domfsthaw UUID`), never a shell string. The daemon holds no libvirt connection between uses.
+#
 # Protocol on DIR/daemon.sock (0600, in a 0700 directory owned by this user): one JSON object per line.
 # Requests carry "id" and "op"; each reply carries the same "id" with "ok": true, or "ok": false plus "code" and
 # "message". Requests on one connection run concurrently. Ops:
 #   hello                                   -> version, pid, supervisor
 #   beat                                    (no reply: a holder's heartbeat)
-#   claim   socket windowId owner selection claimMs agentMs thawMs
+#   claim   socket|libvirt windowId owner selection claimMs agentMs thawMs
+#           (libvirt = {uri, uuid, name, socket}: a libvirt domain, by its UUID, through libvirt's socket)
 #                                           -> record. This connection holds the window: if it closes, or is
 #                                              silent for HOLD_SILENCE s, the window ends ("disconnected").
 #   arm     windowId leaseMs                -> record, with frozenAt = now and the deadline leaseMs later
 #   unhold  windowId                        -> the window no longer ends when this connection closes
 #   attach  windowId                        -> this connection holds the window again (a holder re-arming)
 #   relay   windowId                        -> {ok}, then the connection is a raw byte pipe to the agent
-#   status  socket? windowId? agent?        -> agentStatus (frozen|thawed|gone; null with agent: false), record, ended
+#   status  socket?|libvirt? windowId? agent?        -> agentStatus (frozen|thawed|gone; null with agent: false), record, ended
 #   release windowId thaw                   -> outcome, thaw {count, error, status}, record, ended
-#   force   socket                          -> break-glass thaw of the guest, and removal of any record
+#   force   socket|libvirt                          -> break-glass thaw of the guest, and removal of any record
 #   list                                    -> records
 # Events, sent unasked on a holder's connection: {"event": "ended", "windowId", "how"} when a window it holds ends.
-import asyncio, errno, fcntl, json, os, random, re, resource, signal, socket, stat, sys, time, traceback
+import asyncio, errno, fcntl, json, os, random, re, resource, shutil, signal, socket, stat, sys, time, traceback
 
 VERSION = "3"
 AGENT_TIMEOUT = 10.0      # seconds: sync and ordinary agent commands issued by the daemon
@@ -40,7 +47,11 @@ IDLE_EXIT = 60.0          # seconds with no record and no client before the daem
 RETRY_MAX = 5.0           # seconds: a failing thaw is retried with backoff up to this interval
 ENDED_KEEP = 7 * 86400    # seconds an ended record is kept
 WINDOW_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-CLAIM_FILE = re.compile(r"^claim-[0-9]+-[0-9]+\.json$")
+CLAIM_FILE = re.compile(r"^claim-([0-9]+-[0-9]+|lv-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.json$")
+LIBVIRT_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# Local URIs of the QEMU driver only, with libvirt's own `socket` parameter at most: the daemon talks to this host.
+LIBVIRT_URI = re.compile(r"^qemu:///(system|session)(\?socket=/[A-Za-z0-9._/+-]{1,4000})?$")
+VIRSH_SLACK = 35.0        # seconds: libvirt waits up to 30 s for a domain's job before it gives up; then some
 ENDED_FILE = re.compile(r"^ended-([A-Za-z0-9][A-Za-z0-9._-]{0,127})\.json$")
 EXIT_REFUSED = 4          # the lease directory failed the trust checks
 
@@ -285,13 +296,105 @@ def connect_failure(path, e):
     return Failure("SOCKET_UNREACHABLE", "%s: %s" % (path, e))
 
 
+# ---- libvirt guests ----------------------------------------------------------------------------------------
+
+def libvirt_ref(value):
+    """A client's reference to a libvirt domain, validated: {uri, uuid, name, socket}. Each goes into an argv or a
+    connect() only, never a shell; the UUID is the identity (the client resolved the name it was given)."""
+    if not isinstance(value, dict):
+        raise Failure("INVALID_INPUT", "libvirt %r is not a domain reference" % (value,))
+    uri, uuid, name, sock = value.get("uri"), value.get("uuid"), value.get("name"), value.get("socket")
+    if not isinstance(uri, str) or not LIBVIRT_URI.match(uri):
+        raise Failure("INVALID_INPUT", "libvirt URI %r is not qemu:///system or qemu:///session (with ?socket=/path at most)" % (uri,))
+    if not isinstance(uuid, str) or not LIBVIRT_UUID.match(uuid):
+        raise Failure("INVALID_INPUT", "libvirt domain UUID %r is not a UUID in lower case" % (uuid,))
+    if not isinstance(name, str) or not 0 < len(name) <= 1024 or "\0" in name:
+        raise Failure("INVALID_INPUT", "libvirt domain name %r is not a name" % (name,))
+    if not isinstance(sock, str) or not sock.startswith("/") or "\0" in sock:
+        raise Failure("INVALID_INPUT", "libvirt socket %r is not an absolute path" % (sock,))
+    return {"uri": uri, "uuid": uuid, "name": name, "socket": sock}
+
+
+def require_virsh():
+    if shutil.which("virsh") is None:
+        raise Failure("LIBVIRT_NO_VIRSH", "virsh is not installed on this host, and the daemon thaws libvirt guests with it (at the "
+                      "deadline, or when the freezing process goes away): install libvirt-clients (Debian, Ubuntu) or "
+                      "libvirt-client (RHEL, Fedora). Nothing was frozen")
+
+
+class LibvirtAgent:
+    """A libvirt guest's agent, as the daemon's own end and status reach it: through libvirt, with one virsh
+    process per command (argv only; LC_ALL=C, so its messages can be read). Same interface as AgentConn's
+    client side; libvirt serialises agent commands itself, so there is nothing to sync."""
+
+    def __init__(self, ref):
+        self.ref = ref
+        self.closed = False
+        self.clean = True
+
+    async def ensure_synced(self, timeout):
+        return None
+
+    def close(self):
+        return None
+
+    async def virsh(self, args, timeout):
+        require_virsh()
+        env = dict(os.environ, LC_ALL="C", LANG="C")
+        env.pop("LIBVIRT_DEFAULT_URI", None)
+        proc = await asyncio.create_subprocess_exec("virsh", "-c", self.ref["uri"], *args, stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace").strip()
+
+    async def gone(self, err):
+        """After a failed command: is the domain gone (undefined, or shut off)? A paused domain is not."""
+        if "Domain not found" in err or "failed to get domain" in err:
+            return True
+        if "not running" not in err:
+            return False
+        rc, out, _ = await self.virsh(["domstate", self.ref["uuid"]], AGENT_TIMEOUT + VIRSH_SLACK)
+        return rc != 0 or out.strip() in ("shut off", "crashed")
+
+    async def execute(self, command, timeout):
+        """("return", value) or ("error", {"class", "desc"}), as AgentConn.execute; VmGone when the domain is."""
+        if command == "guest-fsfreeze-thaw":
+            # The proper API (virDomainFSThaw), not a custom agent command. It waits for the domain's agent job:
+            # behind a freeze still running, up to 30 s, then fails, and the end is retried.
+            rc, out, err = await self.virsh(["domfsthaw", self.ref["uuid"]], timeout + VIRSH_SLACK)
+            m = re.search(r"Thawed (\d+) filesystem", out)
+            if rc == 0 and m:
+                return "return", int(m.group(1))
+        else:
+            rc, out, err = await self.virsh(["qemu-agent-command", "--timeout", str(max(1, int(timeout))), self.ref["uuid"],
+                                             json.dumps({"execute": command})], timeout + VIRSH_SLACK)
+            if rc == 0:
+                reply = json.loads(out)
+                if not isinstance(reply, dict) or "return" not in reply:
+                    raise ValueError("not a QGA reply: %r" % (reply,))
+                return "return", reply["return"]
+        if await self.gone(err):
+            raise VmGone()
+        if "Timed out during operation" in err or "cannot acquire state change lock" in err:
+            # The domain's agent job is busy (a freeze still running, or hung): an end retries until it frees.
+            raise Failure("AGENT_TIMEOUT", "libvirt: %s" % err)
+        return "error", {"class": "libvirt", "desc": err or out.strip() or "virsh exited %d" % rc}
+
+
 # ---- records -----------------------------------------------------------------------------------------------
 
 class Guest:
     """One record: a window's claim on one guest, with the agent connection it keeps."""
 
-    def __init__(self, real, dev, ino):
-        self.key = "%d-%d" % (dev, ino)
+    def __init__(self, real, dev, ino, libvirt=None):
+        self.libvirt = libvirt     # a libvirt domain's reference: keyed by its UUID, reached through libvirt
+        self.key = "lv-%s" % libvirt["uuid"] if libvirt else "%d-%d" % (dev, ino)
         self.real, self.dev, self.ino = real, dev, ino
         self.agent = None
         self.relay = None          # the Client whose connection is the relay, while one is attached
@@ -380,14 +483,16 @@ class Daemon:
                 continue
             try:
                 rec = read_json(self.dir, name)
+                ref = libvirt_ref(rec["libvirt"]) if rec.get("libvirt") is not None else None
                 real, dev, ino = rec["real"], int(rec["dev"]), int(rec["ino"])
-                if name != "claim-%d-%d.json" % (dev, ino) or not WINDOW_ID.match(rec["windowId"]):
+                expected = "claim-lv-%s.json" % ref["uuid"] if ref else "claim-%d-%d.json" % (dev, ino)
+                if name != expected or not WINDOW_ID.match(rec["windowId"]):
                     raise ValueError("inconsistent record")
                 float(rec["deadline"])
-            except (OSError, ValueError, KeyError, TypeError) as e:
+            except (OSError, ValueError, KeyError, TypeError, Failure) as e:
                 self.log("ignoring claim record %s: %s" % (name, e))
                 continue
-            guest = Guest(real, dev, ino)
+            guest = Guest(real, dev, ino, ref)
             guest.rec = rec
             self.by_key[guest.key] = guest
             self.by_window[rec["windowId"]] = guest
@@ -441,6 +546,11 @@ class Daemon:
         """The guest's agent connection, reconnected if it dropped; VmGone if the socket is not the claimed one.
         One connect at a time per guest (concurrent callers share it), and a connection made for a record that
         ended meanwhile is closed at once: outside windows the daemon holds nothing."""
+        if guest.libvirt is not None:
+            # Nothing to hold: libvirt owns the agent. Each command goes through libvirt on its own.
+            if guest.agent is None:
+                guest.agent = LibvirtAgent(guest.libvirt)
+            return guest.agent
         while guest.connecting is not None:
             await asyncio.shield(guest.connecting)
         if guest.agent is not None and not guest.agent.closed:
@@ -548,7 +658,8 @@ class Daemon:
             agent = await self.agent_of(guest)
             await agent.ensure_synced(AGENT_TIMEOUT)
             before = None
-            if how == "released" and not guest.thaw_sent:
+            sent_before = guest.thaw_sent
+            if how == "released" and not guest.thaw_sent and guest.libvirt is None:
                 # The owner asks whether the window held to the end: the status first, since a thaw hook failing
                 # on "thaw" turns the thaw's own reply into an error that says nothing of what was frozen.
                 kind, value = await agent.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
@@ -564,7 +675,8 @@ class Daemon:
                 err = value
             # A successful thaw of nothing also means the guest was thawed already (`fsfreeze -u` in the guest leaves
             # the agent's own flag saying frozen), unless an earlier attempt of ours thawed it.
-            if how == "released" and count == 0 and before is not None:
+            # (For a libvirt guest the thaw's count alone tells: a status before it would cost a virsh run while frozen.)
+            if how == "released" and count == 0 and (before is not None or (guest.libvirt is not None and not sent_before)):
                 before = "thawed"
             kind, status = await agent.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
             if kind != "return" or status != "thawed":
@@ -593,7 +705,7 @@ class Daemon:
             guest.agent = None
         now = time.time()
         ended = {"windowId": wid, "how": how, "at": iso(now), "owner": guest.rec.get("owner"),
-                 "frozenAt": guest.rec.get("frozenAt"), "socketPath": guest.rec.get("socketPath"),
+                 "frozenAt": guest.rec.get("frozenAt"), "socketPath": guest.rec.get("socketPath"), "libvirt": guest.rec.get("libvirt"),
                  "heldMs": int((now - guest.rec.get("armedAt", now)) * 1000) if guest.rec.get("armedAt") else None,
                  "thawedCount": thaw.get("count") if thaw else None, "status": thaw.get("status") if thaw else None}
         self.ended[wid] = ended
@@ -620,20 +732,26 @@ class Daemon:
             raise Failure("NOT_HELD", "the claiming client went away before its claim ran")
         wid = msg.get("windowId")
         self.guest_of(wid)  # validates the id before any I/O
-        real, dev, ino = await self.identity_of(msg.get("socket"))
+        ref = libvirt_ref(msg["libvirt"]) if msg.get("libvirt") is not None else None
+        if ref is not None:
+            require_virsh()  # before anything is frozen: the end needs it
+            real, dev, ino = ref["socket"], 0, 0
+        else:
+            real, dev, ino = await self.identity_of(msg.get("socket"))
         if client.closed:
             raise Failure("NOT_HELD", "the claiming client went away before its claim ran")
         if self.guest_of(wid) is not None or wid in self.ended:
             raise Failure("INVALID_INPUT", "window id %s was used before" % wid)
-        key = "%d-%d" % (dev, ino)
+        key = "lv-%s" % ref["uuid"] if ref else "%d-%d" % (dev, ino)
         held = self.by_key.get(key)
         if held is not None:
             raise Failure("HELD", "the guest is held by window %s" % held.rec["windowId"], holder=held.view())
-        guest = Guest(real, dev, ino)
+        guest = Guest(real, dev, ino, ref)
         now = time.time()
         ms = lambda k, d: int(msg[k]) if isinstance(msg.get(k), (int, float)) and 0 < msg[k] <= 86400000 else d
         guest.rec = {
-            "version": 3, "windowId": wid, "owner": str(msg.get("owner", "")), "socketPath": msg.get("socket"),
+            "version": 3, "windowId": wid, "owner": str(msg.get("owner", "")),
+            "socketPath": msg.get("socket") if ref is None else None, "libvirt": ref,
             "real": real, "dev": dev, "ino": ino,
             "selection": msg.get("selection") if isinstance(msg.get("selection"), list) else [],
             "claimedAt": iso(now), "frozenAt": None, "armedAt": None,
@@ -747,11 +865,14 @@ class Daemon:
         try:
             if guest.ending is not None or self.by_window.get(guest.rec["windowId"]) is not guest:
                 raise Failure("NOT_HELD", "window %s ended" % guest.rec["windowId"])
-            try:
-                agent = await self.agent_of(guest)
-            except VmGone:
-                self.end(guest, "vm-gone")
-                raise Failure("SOCKET_MISSING", "the agent socket of window %s is gone" % guest.rec["windowId"])
+            if guest.libvirt is not None:
+                agent = await self.libvirt_pipe(guest.libvirt["socket"])
+            else:
+                try:
+                    agent = await self.agent_of(guest)
+                except VmGone:
+                    self.end(guest, "vm-gone")
+                    raise Failure("SOCKET_MISSING", "the agent socket of window %s is gone" % guest.rec["windowId"])
             if guest.ending is not None or self.by_window.get(guest.rec["windowId"]) is not guest or client.closed:
                 raise Failure("NOT_HELD", "window %s ended" % guest.rec["windowId"])
         except BaseException:
@@ -759,10 +880,21 @@ class Daemon:
             raise
         return {"relay": (guest, agent)}
 
+    async def libvirt_pipe(self, path):
+        """A fresh connection to libvirt's socket, for one relay (closed with it)."""
+        try:
+            _, conn = await asyncio.wait_for(self.loop.create_unix_connection(lambda: AgentConn(lambda c: None), path), AGENT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as e:
+            f = connect_failure(path, e)
+            raise Failure("LIBVIRT_UNAVAILABLE", "libvirt's socket %s" % f.message)
+        return conn
+
     async def run_relay(self, client, guest, agent):
         """Pipes bytes between the client and the agent until either side closes or the daemon cuts the relay."""
         if guest.ending is not None or self.by_window.get(guest.rec["windowId"]) is not guest:
             guest.lock.release()  # the window ended between the grant and here: no relay, and the end goes first
+            if guest.libvirt is not None:
+                agent.close()
             client.abort()
             return
         guest.relay = client
@@ -792,6 +924,12 @@ class Daemon:
                 agent.sink = None
             if guest.relay is client:
                 guest.relay = None
+            if guest.libvirt is not None:
+                # Every byte the client sent is in libvirt's socket before this close, and so before any thaw of
+                # the daemon's (which waits for this lock): libvirt runs a freeze it received before that thaw.
+                agent.close()
+                guest.lock.release()
+                return
             guest.lock.release()
             # Sync now, while the client moves on (the engine's next step, the snapshot command): the next check or
             # thaw on this connection then needs no sync while the guest is frozen.
@@ -847,6 +985,11 @@ class Daemon:
         wid = msg.get("windowId")
         mine = self.guest_of(wid) if wid is not None else None
         guest = mine
+        if guest is None and msg.get("libvirt") is not None:
+            ref = libvirt_ref(msg["libvirt"])
+            guest = self.by_key.get("lv-%s" % ref["uuid"])
+            if guest is None:
+                return {"agentStatus": await self.libvirt_status(ref), "record": None, "ended": self.ended.get(wid)}
         if guest is None and msg.get("socket") is not None:
             try:
                 real, dev, ino = await self.identity_of(msg.get("socket"))
@@ -885,9 +1028,26 @@ class Daemon:
         ended = self.ended.get(wid)
         return {"outcome": ended["how"] if ended else result["how"], "record": record, "thaw": result.get("thaw"), "ended": ended}
 
+    async def libvirt_status(self, ref):
+        """Status of a libvirt guest no window holds, through libvirt: frozen, thawed, or gone."""
+        try:
+            kind, value = await LibvirtAgent(ref).execute("guest-fsfreeze-status", AGENT_TIMEOUT)
+        except VmGone:
+            return "gone"
+        except asyncio.TimeoutError:
+            raise Failure("AGENT_TIMEOUT", "%s: libvirt did not answer within %.0f s" % (ref["name"], AGENT_TIMEOUT + VIRSH_SLACK))
+        if kind != "return":
+            raise Failure("AGENT_COMMAND_FAILED", "guest-fsfreeze-status through libvirt: %s" % value.get("desc"))
+        return value
+
     async def op_force(self, client, msg):
-        real, dev, ino = await self.identity_of(msg.get("socket"))
-        guest = self.by_key.get("%d-%d" % (dev, ino))
+        ref = libvirt_ref(msg["libvirt"]) if msg.get("libvirt") is not None else None
+        if ref is not None:
+            real, key = ref["socket"], "lv-%s" % ref["uuid"]
+        else:
+            real, dev, ino = await self.identity_of(msg.get("socket"))
+            key = "%d-%d" % (dev, ino)
+        guest = self.by_key.get(key)
         if guest is not None:
             record = guest.view()
             result = await asyncio.shield(self.end(guest, "forced"))
@@ -895,6 +1055,17 @@ class Daemon:
                 raise Failure("THAW_FAILED", "the thaw failed: %s. The daemon keeps the record and keeps trying; check with "
                               "`quiesce status`, and look at the guest agent" % result["failed"])
             return {"record": record, "thaw": result.get("thaw")}
+        if ref is not None:
+            agent = LibvirtAgent(ref)
+            try:
+                kind, value = await agent.execute("guest-fsfreeze-thaw", AGENT_TIMEOUT * 3)
+                skind, status = await agent.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
+            except VmGone:
+                return {"record": None, "thaw": {"count": None, "error": None, "status": "gone"}}
+            except asyncio.TimeoutError:
+                raise Failure("AGENT_TIMEOUT", "%s: libvirt did not answer in time" % ref["name"])
+            return {"record": None, "thaw": {"count": value if kind == "return" else None, "error": value if kind == "error" else None,
+                                              "status": status if skind == "return" else None}}
         conn = await self.transient(real)
         try:
             kind, value = await conn.execute("guest-fsfreeze-thaw", AGENT_TIMEOUT * 3)

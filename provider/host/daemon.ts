@@ -62,8 +62,10 @@ export interface HostRecord {
   readonly windowId: string;
   /** Who made it: `pulumi:project/stack/resource`, `cli:user@host`, or a caller-chosen label. */
   readonly owner: string;
-  /** The socket path the claim was made through (as given). */
-  readonly socketPath: string;
+  /** The agent socket path the claim was made through (as given); null for a libvirt domain. */
+  readonly socketPath: string | null;
+  /** The libvirt domain claimed (by UUID), with the URI and libvirt's socket; null for an agent socket. */
+  readonly libvirt?: { readonly uri: string; readonly uuid: string; readonly name: string; readonly socket: string } | null;
   /** The socket's resolved path on the host: with dev and ino, the guest's identity. */
   readonly real: string;
   readonly dev: number;

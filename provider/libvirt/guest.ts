@@ -22,6 +22,7 @@ import {
   lookupDomainByUuid,
 } from "./procedures";
 import { LibvirtSession, type CallOptions } from "./session";
+import type { Duplex } from "node:stream";
 
 /** libvirt's sockets on the host, in the order libvirt's own client tries them: the modular daemon's, then libvirtd's. */
 export const LIBVIRT_SOCKETS = ["/var/run/libvirt/virtqemud-sock", "/var/run/libvirt/libvirt-sock"] as const;
@@ -34,17 +35,26 @@ export interface LibvirtTarget {
   readonly domain: string;
   /** The connection URI. Default {@link DEFAULT_LIBVIRT_URI}. */
   readonly libvirtUri?: string;
-  /** libvirt's socket on the host; default the first of {@link LIBVIRT_SOCKETS} that exists. */
+  /**
+   * libvirt's socket on the host; default the URI's own `?socket=` parameter, else the first of
+   * {@link LIBVIRT_SOCKETS} that exists.
+   */
   readonly socketPath?: string;
 }
 
-/** An open connection to libvirt with the target domain found, running, and its agent answering. */
-export interface LibvirtGuest {
+/** An open, authenticated libvirt connection with its URI opened (no domain looked up yet). */
+export interface LibvirtConnection {
   readonly session: LibvirtSession;
-  readonly domain: DomainRef;
   /** Label for messages, e.g. `root@hv1:22:libvirt:vm1`. */
   readonly label: string;
+  /** The socket it went through (absolute, on the host). */
+  readonly socketPath: string;
   close(): void;
+}
+
+/** An open connection to libvirt with the target domain found, running, and its agent answering. */
+export interface LibvirtGuest extends LibvirtConnection {
+  readonly domain: DomainRef;
 }
 
 /** A filesystem of a libvirt guest, from DOMAIN_GET_GUEST_INFO. */
@@ -72,19 +82,29 @@ const VIR_ERR = {
 } as const;
 const AUTH_ERRORS: readonly number[] = [VIR_ERR.AUTH_FAILED, VIR_ERR.AUTH_CANCELLED, VIR_ERR.AUTH_UNAVAILABLE];
 
-function label(target: LibvirtTarget): string {
+/** Label of a libvirt target for messages: `root@hv1:22:libvirt:vm1`, `local:libvirt:vm1`. */
+export function libvirtLabel(target: Pick<LibvirtTarget, "connection" | "domain">): string {
   return `${target.connection ? sshLabel(target.connection) : "local"}:libvirt:${target.domain}`;
 }
+const label = libvirtLabel;
 
-/** Opens libvirt's socket: the one given, or the first of {@link LIBVIRT_SOCKETS} that exists. */
-async function dial(target: LibvirtTarget, pool: SshPool, signal: AbortSignal | undefined, where: string): Promise<LibvirtSession> {
+/** The `socket` parameter of a libvirt URI (`qemu:///system?socket=/run/x/libvirt-sock`), if it has one. */
+export function uriSocket(uri: string): string | undefined {
+  const q = uri.indexOf("?");
+  if (q < 0) return undefined;
+  return new URLSearchParams(uri.slice(q + 1)).get("socket") ?? undefined;
+}
+
+/** Opens libvirt's socket: the one given, the URI's, or the first of {@link LIBVIRT_SOCKETS} that exists. */
+async function dial(target: LibvirtTarget, pool: SshPool, signal: AbortSignal | undefined, where: string): Promise<{ session: LibvirtSession; socketPath: string }> {
   const dialer = dialerFor(target.connection, pool);
-  const candidates = target.socketPath ? [target.socketPath] : [...LIBVIRT_SOCKETS];
+  const given = target.socketPath ?? uriSocket(target.libvirtUri ?? DEFAULT_LIBVIRT_URI);
+  const candidates = given ? [given] : [...LIBVIRT_SOCKETS];
   let lastMissing: QuiesceError | undefined;
   for (const socketPath of candidates) {
     try {
       const channel = await dialer(socketPath, { signal, busyTimeoutMs: 5_000 });
-      return new LibvirtSession(channel.stream, { target: channel.target });
+      return { session: new LibvirtSession(channel.stream, { target: channel.target }), socketPath };
     } catch (err) {
       if (isQuiesceError(err, "SOCKET_NO_ACCESS")) {
         throw authRefused(where, `${socketPath} cannot be opened by this user (permission denied): add the user to the libvirt group`);
@@ -103,18 +123,30 @@ async function dial(target: LibvirtTarget, pool: SshPool, signal: AbortSignal | 
   );
 }
 
+/** Options of {@link connectLibvirt} and {@link openLibvirtGuest}. */
+export interface LibvirtOpenOptions {
+  /** SSH pool. Default the process-wide pool. */
+  readonly pool?: SshPool;
+  readonly signal?: AbortSignal;
+  /** Per call, in ms. Default {@link DEFAULT_CALL_TIMEOUT_MS}. */
+  readonly timeoutMs?: number;
+  /**
+   * A stream to libvirt's socket to use instead of dialing one (the host daemon's relay), with the socket it leads
+   * to. Default: dial.
+   */
+  readonly over?: { readonly stream: Duplex; readonly socketPath: string; readonly target: string };
+}
+
 /**
- * Connects to libvirt and finds the target's domain, running and with its guest agent answering.
- * @throws QuiesceError LIBVIRT_UNAVAILABLE, LIBVIRT_AUTH, UNKNOWN_DOMAIN, DOMAIN_NOT_RUNNING, NO_GUEST_AGENT, and
- *   transport errors.
+ * Connects to libvirt: opens its socket, authenticates and opens the URI.
+ * @throws QuiesceError LIBVIRT_UNAVAILABLE, LIBVIRT_AUTH, and transport errors.
  */
-export async function openLibvirtGuest(
-  target: LibvirtTarget,
-  options: { pool?: SshPool; signal?: AbortSignal; timeoutMs?: number } = {},
-): Promise<LibvirtGuest> {
+export async function connectLibvirt(target: LibvirtTarget, options: LibvirtOpenOptions = {}): Promise<LibvirtConnection> {
   const where = label(target);
   const call: CallOptions = { signal: options.signal, timeoutMs: options.timeoutMs };
-  const s = await dial(target, options.pool ?? defaultSshPool, options.signal, where);
+  const { session: s, socketPath } = options.over
+    ? { session: new LibvirtSession(options.over.stream, { target: options.over.target }), socketPath: options.over.socketPath }
+    : await dial(target, options.pool ?? defaultSshPool, options.signal, where);
   try {
     const auth = await authList(s, call);
     if (auth.includes(AuthType.POLKIT)) {
@@ -133,10 +165,24 @@ export async function openLibvirtGuest(
       if (isQuiesceError(err, "LIBVIRT_ERROR") && AUTH_ERRORS.includes(err.fields.libvirtCode as number)) throw authRefused(where, err.message);
       throw err;
     }
-    const uuid = parseUuid(target.domain);
-    let domain: DomainRef;
+    return { session: s, label: where, socketPath, close: () => s.close() };
+  } catch (err) {
+    s.close();
+    throw err;
+  }
+}
+
+/**
+ * Finds the target's domain, by UUID or name.
+ * @throws QuiesceError UNKNOWN_DOMAIN (listing the running ones).
+ */
+export async function findDomain(conn: LibvirtConnection, target: LibvirtTarget, call: CallOptions = {}): Promise<DomainRef> {
+  const s = conn.session;
+  const where = conn.label;
+  const uuid = parseUuid(target.domain);
+  {
     try {
-      domain = uuid ? await lookupDomainByUuid(s, uuid, call) : await lookupDomainByName(s, target.domain, call);
+      return uuid ? await lookupDomainByUuid(s, uuid, call) : await lookupDomainByName(s, target.domain, call);
     } catch (err) {
       if (!isQuiesceError(err, "LIBVIRT_ERROR") || err.fields.libvirtCode !== VIR_ERR.NO_DOMAIN) throw err;
       const running = await listRunningDomains(s, call);
@@ -148,6 +194,21 @@ export async function openLibvirtGuest(
         { cause: err },
       );
     }
+  }
+}
+
+/**
+ * Connects to libvirt and finds the target's domain, running and with its guest agent answering.
+ * @throws QuiesceError LIBVIRT_UNAVAILABLE, LIBVIRT_AUTH, UNKNOWN_DOMAIN, DOMAIN_NOT_RUNNING, NO_GUEST_AGENT, and
+ *   transport errors.
+ */
+export async function openLibvirtGuest(target: LibvirtTarget, options: LibvirtOpenOptions = {}): Promise<LibvirtGuest> {
+  const conn = await connectLibvirt(target, options);
+  const where = conn.label;
+  const s = conn.session;
+  const call: CallOptions = { signal: options.signal, timeoutMs: options.timeoutMs };
+  try {
+    const domain = await findDomain(conn, target, call);
     if (domain.id === -1) {
       throw new QuiesceError(
         "DOMAIN_NOT_RUNNING",
@@ -157,9 +218,9 @@ export async function openLibvirtGuest(
       );
     }
     await agentAnswers(s, domain, where, call);
-    return { session: s, domain, label: where, close: () => s.close() };
+    return { ...conn, domain };
   } catch (err) {
-    s.close();
+    conn.close();
     throw err;
   }
 }

@@ -21,9 +21,11 @@ import {
   getInfo,
   getOsinfo,
   ping,
+  type AgentExecutor,
   type FreezeStatus,
   type GuestFilesystem,
 } from "../agent/commands";
+import type { ExecuteOptions } from "../agent/session";
 import { dialerFor } from "../transport/index";
 import { defaultSshPool, type SshConnectionConfig, type SshPool } from "../transport/ssh";
 import {
@@ -36,22 +38,53 @@ import {
   type EndedRecord,
   type HostRecord,
 } from "../host/daemon";
-import { planFreeze, planWithoutFsinfo, type Selection } from "./plan";
+import { planFreeze, planWithoutFsinfo, type FreezePlan, type Selection } from "./plan";
+import { connectLibvirt, findDomain, libvirtLabel, openLibvirtGuest, type LibvirtConnection } from "../libvirt/guest";
+import { LibvirtAgent } from "../libvirt/agent";
+import { formatUuid, type DomainRef } from "../libvirt/codec";
+import { DEFAULT_LIBVIRT_URI } from "../libvirt/procedures";
 import { guestOsProfile, LINUX, looksLikeWindows, WINDOWS, type GuestOsKind, type GuestOsProfile } from "./guestOs";
 
 export { DEFAULT_LEASE_DIR, type EndedRecord } from "../host/daemon";
 
-/** Where the guest agent is. */
-export interface AgentTarget {
-  /** SSH connection to the host holding the socket; omitted: the socket is on this machine. */
+/** What every target has: the host, and the host daemon's directory there. */
+export interface TargetBase {
+  /** SSH connection to the host; omitted: this machine. */
   readonly connection?: SshConnectionConfig;
-  /** Absolute path of the agent's chardev socket on that host. */
-  readonly socketPath: string;
   /**
    * Lease directory on that host: the host daemon's directory. It must be owned by the SSH user and not writable
    * by group or others (it is created 0700 when missing). Default {@link DEFAULT_LEASE_DIR}.
    */
   readonly leaseDir?: string;
+}
+
+/** A guest reached through its agent's socket (bare QEMU, Proxmox VE). */
+export interface SocketTarget extends TargetBase {
+  /** Absolute path of the agent's chardev socket on the host. */
+  readonly socketPath: string;
+  readonly domain?: undefined;
+  readonly libvirtUri?: undefined;
+}
+
+/**
+ * A libvirt domain, reached through libvirt, which owns its agent's socket (a second client of that socket gets
+ * no reply). libvirt's socket on the host: the URI's `?socket=`, else `/var/run/libvirt/virtqemud-sock` if it
+ * exists, else `/var/run/libvirt/libvirt-sock`, as libvirt's own client chooses.
+ */
+export interface DomainTarget extends TargetBase {
+  /** The domain's name or UUID. */
+  readonly domain: string;
+  /** libvirt connection URI, local to the host: `qemu:///system` (the default) or `qemu:///session`. */
+  readonly libvirtUri?: string;
+  readonly socketPath?: undefined;
+}
+
+/** Where the guest agent is: exactly one of a socket path and a libvirt domain. */
+export type AgentTarget = SocketTarget | DomainTarget;
+
+/** True for a libvirt domain target. */
+export function isDomainTarget(target: AgentTarget): target is DomainTarget {
+  return typeof target.domain === "string";
 }
 
 /** Timeouts of agent operations, in seconds. */
@@ -228,6 +261,7 @@ export function proxmoxSocketPath(vmid: number): string {
 
 /** Label of a target for messages. */
 export function targetLabel(target: AgentTarget): string {
+  if (isDomainTarget(target)) return libvirtLabel(target);
   const c = target.connection;
   return c ? `${c.user ?? "root"}@${c.host}:${c.port ?? 22}:${target.socketPath}` : `local:${target.socketPath}`;
 }
@@ -240,10 +274,15 @@ export interface LeaseRecord {
   readonly windowId: string;
   /** Who holds it: `pulumi:project/stack/resource`, `cli:user@host`, or a caller-chosen label. */
   readonly owner: string;
-  /** The socket path the window was made through, as given. */
+  /** The agent socket path the window was made through, as given; for a libvirt domain, libvirt's socket. */
   readonly socketPath: string;
-  /** The guest's identity on the host: the socket's resolved path, device and inode. */
+  /**
+   * The guest's identity on the host: the socket's resolved path, device and inode (for a libvirt domain, libvirt's
+   * socket with 0 and 0: its identity is {@link LeaseRecord.domain}'s UUID).
+   */
   readonly identity: { readonly path: string; readonly dev: number; readonly ino: number };
+  /** The libvirt domain, for a window on one. */
+  readonly domain?: { readonly name: string; readonly uuid: string; readonly uri: string };
   /** Guest mount points frozen (empty when everything was frozen with freeze-all). */
   readonly mountpoints: readonly string[];
   /** When the freeze was issued (the claim's time while the create still runs). */
@@ -265,8 +304,9 @@ function toLease(r: HostRecord): LeaseRecord {
   return {
     windowId: r.windowId,
     owner: r.owner,
-    socketPath: r.socketPath,
+    socketPath: r.socketPath ?? r.libvirt?.socket ?? r.real,
     identity: { path: r.real, dev: r.dev, ino: r.ino },
+    ...(r.libvirt ? { domain: { name: r.libvirt.name, uuid: r.libvirt.uuid, uri: r.libvirt.uri } } : {}),
     mountpoints: r.selection,
     frozenAt: r.armedAt ? new Date(Math.round(r.armedAt * 1000)).toISOString() : r.claimedAt,
     // From the same instant as frozenAt, so that the two differ by exactly the lease.
@@ -287,7 +327,7 @@ function daemonOf(target: AgentTarget, deps: LifecycleDeps): DaemonClient {
  * soon as possible: the chardev serves one client.
  */
 export async function openSession(
-  target: AgentTarget,
+  target: SocketTarget,
   timeouts: Timeouts | undefined,
   deps: LifecycleDeps = {},
   signal?: AbortSignal,
@@ -304,6 +344,59 @@ export async function openSession(
     commandTimeoutMs: t.agentSeconds * 1000,
     signal,
   });
+}
+
+/**
+ * What a create uses of the guest's agent, over its relay: QGA commands (ping, status, info, osinfo), the
+ * filesystems, and the freeze. For a socket target, a QGA session on the agent connection the daemon holds; for a
+ * libvirt domain, a libvirt session through the daemon onto libvirt's socket (libvirt's agent command, its guest
+ * info and its freeze API).
+ */
+interface FreezeChannel {
+  readonly agent: AgentExecutor;
+  /** The relay's stream (for fault injection). */
+  readonly stream: Duplex;
+  filesystems(options: ExecuteOptions): Promise<GuestFilesystem[]>;
+  freeze(plan: FreezePlan, options: ExecuteOptions): Promise<number>;
+  close(): void;
+}
+
+/** Opens the create's {@link FreezeChannel} over a relay of the daemon's for `windowId`. */
+async function openFreezeChannel(
+  target: AgentTarget,
+  ref: GuestRef,
+  daemon: DaemonClient,
+  windowId: string,
+  label: string,
+  t: Required<Timeouts>,
+  signal?: AbortSignal,
+): Promise<FreezeChannel> {
+  if (!("libvirt" in ref)) {
+    const { session, stream } = await relaySession(daemon, windowId, label, t, signal);
+    return {
+      agent: session,
+      stream,
+      filesystems: (o) => getFsinfo(session, o),
+      freeze: (plan, o) => (plan.all ? fsfreezeFreezeAll(session, o) : fsfreezeFreezeList(session, plan.listArguments, o)),
+      close: () => session.close(),
+    };
+  }
+  const stream = await daemon.relay(windowId, { signal, timeoutMs: t.agentSeconds * 1000 + 5_000 });
+  const opening = openLibvirtGuest(
+    { ...(target as DomainTarget), domain: ref.libvirt.uuid },
+    { over: { stream, socketPath: ref.libvirt.socket, target: `${label} (relayed by the host daemon)` }, signal, timeoutMs: t.agentSeconds * 1000 + 5_000 },
+  );
+  stream.resume(); // the relay comes paused; the session listens now
+  const guest = await opening;
+  const agent = new LibvirtAgent(guest.session, guest.domain, label);
+  return {
+    agent,
+    stream,
+    filesystems: (o) => agent.filesystems(o),
+    // DOMAIN_FSFREEZE with no mount points is libvirt's freeze-all.
+    freeze: (plan, o) => agent.freeze(plan.all ? [] : plan.listArguments, o),
+    close: () => guest.close(),
+  };
 }
 
 /** An agent session over a relay onto the agent connection the daemon holds for `windowId` (no idle poll). */
@@ -326,8 +419,20 @@ async function relaySession(
   return { session: await opening, stream };
 }
 
-/** The guest's filesystems (guest-get-fsinfo). Fails with AGENT_FROZEN while frozen. */
+/**
+ * The guest's filesystems (guest-get-fsinfo; for a libvirt domain, DOMAIN_GET_GUEST_INFO). Fails with AGENT_FROZEN
+ * while frozen.
+ */
 export async function listFilesystems(target: AgentTarget, options: { timeouts?: Timeouts; signal?: AbortSignal } = {}, deps: LifecycleDeps = {}): Promise<GuestFilesystem[]> {
+  if (isDomainTarget(target)) {
+    const t = resolved(options.timeouts);
+    const guest = await openLibvirtGuest(target, { pool: deps.pool, signal: options.signal, timeoutMs: t.agentSeconds * 1000 + 5_000 });
+    try {
+      return await new LibvirtAgent(guest.session, guest.domain, guest.label).filesystems({ signal: options.signal, timeoutMs: t.agentSeconds * 1000 });
+    } finally {
+      guest.close();
+    }
+  }
   const session = await openSession(target, options.timeouts, deps, options.signal);
   try {
     return await getFsinfo(session, { signal: options.signal });
@@ -361,6 +466,13 @@ function classify(lease: LeaseRecord | undefined, agentStatus: AgentFreezeStatus
 
 function socketMissing(target: AgentTarget): QuiesceError {
   const label = targetLabel(target);
+  if (isDomainTarget(target)) {
+    return new QuiesceError(
+      "DOMAIN_NOT_RUNNING",
+      `${label}: domain ${target.domain} is not running (or no longer defined), so nothing of it can be frozen. Start it, or check the name.`,
+      { target: label, domain: target.domain },
+    );
+  }
   return new QuiesceError(
     "SOCKET_MISSING",
     `${label}: the agent socket ${target.socketPath} does not exist on the host: the VM is not running, or the path is wrong.`,
@@ -368,13 +480,61 @@ function socketMissing(target: AgentTarget): QuiesceError {
   );
 }
 
+/** How the daemon names a target's guest: its agent socket, or a libvirt domain by UUID. */
+type GuestRef = { readonly socket: string } | { readonly libvirt: LibvirtRef };
+
+/** A libvirt domain as the daemon keys and reaches it. */
+interface LibvirtRef {
+  readonly uri: string;
+  /** Lower-case UUID: the guest's identity. */
+  readonly uuid: string;
+  readonly name: string;
+  /** libvirt's socket on the host. */
+  readonly socket: string;
+}
+
+function libvirtRef(target: DomainTarget, conn: LibvirtConnection, domain: DomainRef): LibvirtRef {
+  return { uri: target.libvirtUri ?? DEFAULT_LIBVIRT_URI, uuid: formatUuid(domain.uuid), name: domain.name, socket: conn.socketPath };
+}
+
+/**
+ * The daemon's name for the target's guest. For a libvirt domain, looked up through libvirt (by name or UUID);
+ * `undefined` when libvirt has no such domain and `vanishedSocket` says that means the VM is gone.
+ */
+async function guestRefOf(target: AgentTarget, t: Required<Timeouts>, deps: LifecycleDeps, signal: AbortSignal | undefined, vanished: VanishedSocket): Promise<GuestRef | undefined> {
+  if (!isDomainTarget(target)) return { socket: target.socketPath };
+  const call = { signal, timeoutMs: t.agentSeconds * 1000 + 5_000 };
+  const conn = await connectLibvirt(target, { pool: deps.pool, ...call });
+  try {
+    return { libvirt: libvirtRef(target, conn, await findDomain(conn, target, call)) };
+  } catch (err) {
+    if (vanished === "vm-gone" && isQuiesceError(err, "UNKNOWN_DOMAIN")) return undefined;
+    throw err;
+  } finally {
+    conn.close();
+  }
+}
+
 /** Asks the daemon for the status of the target's guest, from `windowId`'s point of view. */
-async function daemonStatus(target: AgentTarget, windowId: string | undefined, t: Required<Timeouts>, deps: LifecycleDeps, signal?: AbortSignal): Promise<DaemonStatus> {
-  const reply = await daemonOf(target, deps).request("status", { socket: target.socketPath, ...(windowId ? { windowId } : {}) }, {
-    signal,
-    timeoutMs: 3 * t.agentSeconds * 1000 + 5_000,
-  });
-  return reply as unknown as DaemonStatus;
+async function daemonStatus(
+  target: AgentTarget,
+  windowId: string | undefined,
+  t: Required<Timeouts>,
+  deps: LifecycleDeps,
+  signal: AbortSignal | undefined,
+  vanished: VanishedSocket,
+): Promise<DaemonStatus> {
+  const daemon = daemonOf(target, deps);
+  const ask = async (ref: GuestRef | undefined): Promise<DaemonStatus> =>
+    (await daemon.request("status", { ...(ref ?? {}), ...(windowId ? { windowId } : {}) }, { signal, timeoutMs: 3 * t.agentSeconds * 1000 + 5_000 })) as unknown as DaemonStatus;
+  if (isDomainTarget(target) && windowId !== undefined) {
+    // The window's record names its domain: no lookup through libvirt while it may be frozen.
+    const byWindow = await ask(undefined);
+    if (byWindow.record) return byWindow;
+  }
+  const ref = await guestRefOf(target, t, deps, signal, vanished);
+  if (ref === undefined) return { agentStatus: "gone", record: null, ended: windowId ? ((await ask(undefined)).ended ?? null) : null };
+  return ask(ref);
 }
 
 /**
@@ -386,7 +546,7 @@ export async function windowStatus(
   options: { windowId?: string; timeouts?: Timeouts; signal?: AbortSignal; vanishedSocket?: VanishedSocket } = {},
   deps: LifecycleDeps = {},
 ): Promise<StatusReport> {
-  const r = await daemonStatus(target, options.windowId, resolved(options.timeouts), deps, options.signal);
+  const r = await daemonStatus(target, options.windowId, resolved(options.timeouts), deps, options.signal, options.vanishedSocket ?? "error");
   const lease = r.record ? toLease(r.record) : undefined;
   const ended = r.ended ?? undefined;
   const agentStatus: AgentFreezeStatus = r.agentStatus ?? "thawed";
@@ -503,13 +663,25 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
   const now = deps.now ?? Date.now;
   const daemon = daemonOf(target, deps);
 
-  // 1. Claim the guest: a compare-and-set in the host daemon, keyed by the socket's identity. From here on the
-  //    daemon holds the guest's only agent connection, and this process's control channel holds the claim: if
-  //    this process dies or its connection drops, the daemon ends the window.
+  // 0. A libvirt domain is looked up first (by name or UUID, running, its agent answering): the claim names it by
+  //    UUID, and each way this fails has its own error, before anything is claimed.
+  let ref: GuestRef;
+  if (isDomainTarget(target)) {
+    const guest = await openLibvirtGuest(target, { pool: deps.pool, signal, timeoutMs: t.agentSeconds * 1000 + 5_000 });
+    ref = { libvirt: libvirtRef(target, guest, guest.domain) };
+    guest.close();
+  } else {
+    ref = { socket: target.socketPath };
+  }
+
+  // 1. Claim the guest: a compare-and-set in the host daemon, keyed by the socket's identity (a domain's UUID).
+  //    From here on the daemon holds the guest's only agent connection (for a domain, every byte this process
+  //    sends libvirt goes through it), and this process's control channel holds the claim: if this process dies
+  //    or its connection drops, the daemon ends the window.
   try {
     await daemon.request(
       "claim",
-      { socket: target.socketPath, windowId, owner, claimMs: claimMs(t), thawMs: t.thawSeconds * 1000, agentMs: t.agentSeconds * 1000 },
+      { ...ref, windowId, owner, claimMs: claimMs(t), thawMs: t.thawSeconds * 1000, agentMs: t.agentSeconds * 1000 },
       { signal, timeoutMs: t.agentSeconds * 1000 + 15_000, holds: windowId },
     );
   } catch (err) {
@@ -518,15 +690,15 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
     if (!isQuiesceError(err) || err.fields.daemonCode === undefined) throw await abandonClaim(daemon, windowId, label, false, err, t);
     throw err;
   }
-  let session: AgentSession | undefined;
-  let relay: Duplex | undefined;
+  let channel: FreezeChannel | undefined;
   let armed = false;
   const step = async (name: CreateStep): Promise<void> => {
-    await deps.onStep?.(name, { relay, daemon });
+    await deps.onStep?.(name, { relay: channel?.stream, daemon });
   };
   try {
     await step("claimed");
-    ({ session, stream: relay } = await relaySession(daemon, windowId, label, t, signal));
+    channel = await openFreezeChannel(target, ref, daemon, windowId, label, t, signal);
+    const session = channel.agent;
     await step("relayed");
     // 2. The agent answers, and the guest is thawed. Status comes before guest-info: while frozen the agent
     //    reports the freeze commands as disabled, which would read as an administrator's block. Frozen now means
@@ -559,7 +731,7 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
     let filesystems: GuestFilesystem[] | undefined;
     if (!fsinfoOptional || offers("guest-get-fsinfo")) {
       try {
-        filesystems = await getFsinfo(session, { signal });
+        filesystems = await channel.filesystems({ signal });
       } catch (err) {
         if (!fsinfoOptional || !isQuiesceError(err, "AGENT_COMMAND_FAILED")) throw err;
       }
@@ -592,7 +764,7 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
     let count: number;
     try {
       const options = { signal, timeoutMs: t.freezeSeconds * 1000 };
-      count = plan.all ? await fsfreezeFreezeAll(session, options) : await fsfreezeFreezeList(session, plan.listArguments, options);
+      count = await channel.freeze(plan, options);
     } catch (err) {
       throw hookMayHang(err, t.freezeSeconds);
     }
@@ -628,8 +800,8 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
       }
     }
     await step("verified");
-    session.close();
-    session = undefined;
+    channel.close();
+    channel = undefined;
     if (!(request.thawOnDisconnect ?? true)) {
       // The window outlives this process: only its deadline (or a release) ends it from now on.
       await daemon.request("unhold", { windowId }, { signal });
@@ -657,7 +829,7 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
       guestOs: os.kind,
     };
   } catch (err) {
-    session?.close();
+    channel?.close();
     throw await abandonClaim(daemon, windowId, label, armed, err, t);
   }
 }
@@ -835,7 +1007,8 @@ export async function forceThaw(
 ): Promise<{ thawedCount: number; lease: LeaseRecord | undefined }> {
   const t = resolved(options.timeouts);
   const label = targetLabel(target);
-  const r = (await daemonOf(target, deps).request("force", { socket: target.socketPath }, { signal: options.signal, timeoutMs: releaseTimeoutMs(t) })) as unknown as {
+  const ref = await guestRefOf(target, t, deps, options.signal, "error");
+  const r = (await daemonOf(target, deps).request("force", { ...ref }, { signal: options.signal, timeoutMs: releaseTimeoutMs(t) })) as unknown as {
     record: HostRecord | null;
     thaw: DaemonThaw | null;
   };

@@ -13,7 +13,8 @@ export interface Selection {
   readonly mountpoints?: readonly string[];
   /**
    * Backing disks: a serial (`qdata1`), a guest device (`/dev/vdb`), a bus target (`virtio:0:0:1` =
-   * bus-type:bus:target:unit) or the controller's PCI address (`pci:0000:00:05.0`). Each must match exactly one disk.
+   * bus-type:bus:target:unit), the controller's PCI address (`pci:0000:00:05.0`), or for a libvirt domain
+   * libvirt's target (`vda`). Each must match exactly one disk.
    */
   readonly disks?: readonly string[];
 }
@@ -58,7 +59,13 @@ export function diskPciAddress(disk: GuestDisk): string | undefined {
 
 function diskMatches(disk: GuestDisk, wanted: string): boolean {
   const pci = diskPciAddress(disk);
-  return disk.serial === wanted || disk.dev === wanted || diskBusTarget(disk) === wanted || (pci !== undefined && `pci:${pci}` === wanted);
+  return (
+    disk.serial === wanted ||
+    disk.dev === wanted ||
+    disk.libvirtTarget === wanted ||
+    (disk.busType !== "unknown" && diskBusTarget(disk) === wanted) ||
+    (pci !== undefined && `pci:${pci}` === wanted)
+  );
 }
 
 /**
@@ -70,13 +77,23 @@ function diskIdentity(disk: GuestDisk): string {
   const pci = diskPciAddress(disk);
   if (pci) return `pci:${pci}|${diskBusTarget(disk)}`;
   // Without an address, a serial names the disk (each partition of it reports its own device node).
-  return disk.serial ? `serial:${disk.serial}` : [diskBusTarget(disk), disk.dev ?? ""].join("|");
+  if (disk.serial) return `serial:${disk.serial}`;
+  // libvirt's target names one disk of the domain.
+  return disk.libvirtTarget ? `libvirt:${disk.libvirtTarget}` : [diskBusTarget(disk), disk.dev ?? ""].join("|");
 }
 
 /** A disk in words: `serial=qdata1 dev=/dev/vda virtio:0:0:0 pci:0000:00:05.0`. */
 function describeDisk(d: GuestDisk): string {
   const pci = diskPciAddress(d);
-  return [d.serial && `serial=${d.serial}`, d.dev && `dev=${d.dev}`, diskBusTarget(d), pci && `pci:${pci}`].filter(Boolean).join(" ");
+  return [
+    d.serial && `serial=${d.serial}`,
+    d.dev && `dev=${d.dev}`,
+    d.libvirtTarget && `target=${d.libvirtTarget}`,
+    d.busType !== "unknown" && diskBusTarget(d),
+    pci && `pci:${pci}`,
+  ]
+    .filter(Boolean)
+    .join(" ");
 }
 
 /** One line per filesystem, for error messages: `/data (ext4, disk serial=qdata1 dev=/dev/vda virtio:0:0:0)`. */
@@ -157,7 +174,8 @@ export function planFreeze(selection: Selection, filesystems: readonly GuestFile
     throw new QuiesceError(
       "UNKNOWN_DISK",
       `${target}: no guest filesystem is backed by disk ${missingDisks.join(", ")}. Nothing was frozen. ` +
-        `Disks are matched by serial, guest device (/dev/vdb), bus target (bus-type:bus:target:unit) or PCI address (pci:DDDD:BB:SS.F). ` +
+        `Disks are matched by serial, guest device (/dev/vdb), bus target (bus-type:bus:target:unit), PCI address (pci:DDDD:BB:SS.F) ` +
+        `or, for a libvirt domain, libvirt's target (vda). ` +
         `The guest has: ${describeFilesystems(filesystems)}.`,
       { target, missing: missingDisks },
     );

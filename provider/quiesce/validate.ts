@@ -109,13 +109,41 @@ export function validateConnection(value: unknown, property = "connection"): Inp
   return failures;
 }
 
+/**
+ * What is wrong with a libvirt URI for pulumi-quiesce, or undefined when nothing is. Only the QEMU driver's local
+ * URIs (`qemu:///system`, `qemu:///session`), with libvirt's `?socket=/path` at most: the host is reached over
+ * the pooled SSH connection (`connection`), never by libvirt's own remote transports. The host daemon checks the same (provider/host/daemon.py, LIBVIRT_URI).
+ */
+export function libvirtUriProblem(uri: string): string | undefined {
+  if (/^qemu:\/\/\/(system|session)(\?socket=\/[A-Za-z0-9._/+-]{1,4000})?$/.test(uri)) return undefined;
+  if (/^[a-z0-9+]+:\/\/[^/]/i.test(uri)) {
+    return `libvirtUri ${JSON.stringify(uri)} names a remote host: give the host as the SSH connection (connection.host, --host) and the local URI (qemu:///system) here`;
+  }
+  return `libvirtUri ${JSON.stringify(uri)} is not qemu:///system or qemu:///session (optionally with ?socket=/absolute/path)`;
+}
+
 /** Validates QuiesceWindow inputs. Returns every failure, one per bad field. */
 export function validateWindowInputs(inputs: Record<string, unknown>): InputFailure[] {
   const failures: InputFailure[] = [];
   const socketPath = inputs.socketPath;
   const proxmox = inputs.proxmox;
-  if (present(socketPath) && present(proxmox)) {
-    failures.push({ property: "proxmox", reason: "give exactly one target: socketPath or proxmox, not both" });
+  const domain = inputs.domain;
+  const given = (["socketPath", "proxmox", "domain"] as const).filter((k) => present(inputs[k]));
+  const libvirtUri = inputs.libvirtUri;
+  if (present(libvirtUri) && !unknown(libvirtUri)) {
+    if (!present(domain)) failures.push({ property: "libvirtUri", reason: "libvirtUri goes with domain (a libvirt domain); give domain too, or leave libvirtUri out" });
+    else if (typeof libvirtUri !== "string") failures.push({ property: "libvirtUri", reason: "libvirtUri must be a string such as qemu:///system" });
+    else {
+      const problem = libvirtUriProblem(libvirtUri);
+      if (problem) failures.push({ property: "libvirtUri", reason: problem });
+    }
+  }
+  if (given.length > 1) {
+    failures.push({ property: given[1], reason: `give exactly one target: socketPath, proxmox or domain, not ${given.join(" and ")}` });
+  } else if (present(domain)) {
+    if (!unknown(domain) && (typeof domain !== "string" || domain.trim() === "")) {
+      failures.push({ property: "domain", reason: "domain must be a libvirt domain's name or UUID (virsh list --all shows them)" });
+    }
   } else if (present(proxmox)) {
     if (!unknown(proxmox)) {
       if (typeof proxmox !== "object" || Array.isArray(proxmox)) failures.push({ property: "proxmox", reason: "proxmox must be an object { vmid }" });
@@ -123,7 +151,10 @@ export function validateWindowInputs(inputs: Record<string, unknown>): InputFail
     }
   } else if (!unknown(socketPath)) {
     if (typeof socketPath !== "string" || socketPath === "") {
-      failures.push({ property: "socketPath", reason: "a target is required: socketPath (the absolute path of the guest agent socket on the host) or proxmox: { vmid }" });
+      failures.push({
+        property: "socketPath",
+        reason: "a target is required: socketPath (the absolute path of the guest agent socket on the host), proxmox: { vmid }, or domain (a libvirt domain)",
+      });
     } else if (!socketPath.startsWith("/")) {
       failures.push({
         property: "socketPath",

@@ -16,7 +16,7 @@ import {
   openSession,
   releaseWindow,
   windowStatus,
-  type AgentTarget,
+  type SocketTarget,
   type CreateStep,
   type CreateWindowRequest,
   type LifecycleDeps,
@@ -33,7 +33,7 @@ import { waitForFile } from "./waitForFile";
 
 let agent: FakeAgent;
 let leaseDir: string;
-let target: AgentTarget;
+let target: SocketTarget;
 
 beforeEach(async () => {
   agent = await FakeAgent.start();
@@ -48,7 +48,7 @@ afterEach(async () => {
 const delay = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** The daemon's pids (worker and supervisor), asked of it. */
-async function daemonPids(t: AgentTarget, pool = new SshPool()): Promise<{ pid: number; supervisor: number }> {
+async function daemonPids(t: SocketTarget, pool = new SshPool()): Promise<{ pid: number; supervisor: number }> {
   const hello = await daemonFor({ leaseDir: t.leaseDir }, pool).request("hello");
   return { pid: hello.pid as number, supervisor: hello.supervisor as number };
 }
@@ -106,7 +106,7 @@ test("the freezing process is killed: the daemon thaws at once", async () => {
 test("a freezing process that hangs (SIGSTOP) is gone once its heartbeats stop; a live one stays held", async () => {
   const { child, windowId } = await spawnCreator({ target, mountpoints: ["/data"], maxDurationSeconds: 300 });
   const live = await FakeAgent.start();
-  const liveTarget: AgentTarget = { socketPath: live.socketPath, leaseDir };
+  const liveTarget: SocketTarget = { socketPath: live.socketPath, leaseDir };
   try {
     const liveWindow = await createWindow({ target: liveTarget, mountpoints: ["/data"], maxDurationSeconds: 300 });
     child.kill("SIGSTOP"); // its connection stays open: only the silence tells
@@ -143,7 +143,7 @@ test("the agent hangs mid-freeze: create fails within its timeout saying the gue
 
 test("a guest whose agent went silent delays no other guest's thaw", async () => {
   const other = await FakeAgent.start();
-  const otherTarget: AgentTarget = { socketPath: other.socketPath, leaseDir };
+  const otherTarget: SocketTarget = { socketPath: other.socketPath, leaseDir };
   try {
     const first = await createWindow({ target, mountpoints: ["/data"], maxDurationSeconds: 1, thawOnDisconnect: false });
     const w = await createWindow({ target: otherTarget, mountpoints: ["/data"], maxDurationSeconds: 2, thawOnDisconnect: false });
@@ -167,7 +167,7 @@ test("two spellings of one socket are one guest: the second claim is refused nam
   try {
     const w = await createWindow({ target, mountpoints: ["/data"], owner: "proj/stack/first" });
     for (const alias of [`${dir}//${path.basename(agent.socketPath)}`, path.join(link, "vm", path.basename(agent.socketPath))]) {
-      const aliased: AgentTarget = { socketPath: alias, leaseDir };
+      const aliased: SocketTarget = { socketPath: alias, leaseDir };
       const err = await failure(createWindow({ target: aliased, mountpoints: ["/data2"] }));
       expect(err.code).toBe("ALREADY_FROZEN");
       expect(err.message).toContain(w.windowId);

@@ -9,7 +9,7 @@ import * as fs from "node:fs";
 import { promisify } from "node:util";
 import * as os from "node:os";
 import * as path from "node:path";
-import { createWindow, releaseWindow, windowStatus, type AgentTarget } from "../../provider/quiesce/lifecycle";
+import { createWindow, releaseWindow, windowStatus, type SocketTarget } from "../../provider/quiesce/lifecycle";
 import { createRelease } from "../../provider/dynamic/release";
 import { createHostSnapshot } from "../../provider/dynamic/hostSnapshot";
 import { deleteWindow, readWindow, createWindowResource } from "../../provider/dynamic/window";
@@ -19,7 +19,7 @@ import { FakeAgent, type FakeAgentOptions } from "./fakeAgent";
 
 let agent: FakeAgent;
 let leaseDir: string;
-let target: AgentTarget;
+let target: SocketTarget;
 const agents: FakeAgent[] = [];
 
 async function start(options: FakeAgentOptions): Promise<void> {

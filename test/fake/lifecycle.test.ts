@@ -1,7 +1,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { createWindow, releaseWindow, windowStatus, type AgentTarget } from "../../provider/quiesce/lifecycle";
+import { createWindow, releaseWindow, windowStatus, type SocketTarget } from "../../provider/quiesce/lifecycle";
 import { claimFiles, endedPath, readClaim, removeLeaseDir } from "./daemonFiles";
 import { failure } from "./failure";
 import { waitForFile } from "./waitForFile";
@@ -9,7 +9,7 @@ import { defaultFilesystems, FakeAgent, type FakeFilesystem } from "./fakeAgent"
 
 let agent: FakeAgent;
 let leaseDir: string;
-let target: AgentTarget;
+let target: SocketTarget;
 
 beforeEach(async () => {
   agent = await FakeAgent.start();

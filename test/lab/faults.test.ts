@@ -6,7 +6,7 @@
 import { spawn } from "node:child_process";
 import { Client } from "ssh2";
 import * as path from "node:path";
-import { createWindow, releaseWindow, windowStatus, type AgentTarget } from "../../provider/quiesce/lifecycle";
+import { createWindow, releaseWindow, windowStatus, type SocketTarget } from "../../provider/quiesce/lifecycle";
 import { daemonFor } from "../../provider/host/daemon";
 import { claimFiles, endedPath as endedFile } from "../fake/daemonFiles";
 import { deleteWindow, readWindow, type WindowOutputs } from "../../provider/dynamic/window";
@@ -33,10 +33,10 @@ function connection(sshd: LabSshd = lab().sshd): SshConnectionConfig {
 }
 let caseNo = 0;
 /** A fresh lease directory per case, so each case's ended record is its own. */
-function target(sshd?: LabSshd): AgentTarget {
+function target(sshd?: LabSshd): SocketTarget {
   return { connection: connection(sshd), socketPath: lab().guest.socketPath, leaseDir: path.join(lab().guest.runDir, `leases-${++caseNo}`) };
 }
-const endedPath = (t: AgentTarget, windowId: string): string => endedFile(t.leaseDir as string, windowId);
+const endedPath = (t: SocketTarget, windowId: string): string => endedFile(t.leaseDir as string, windowId);
 
 async function loadCount(): Promise<number> {
   const log = await withAgentProbe(lab().guest.socketPath, (probe) => probe.readFile("/data/load/log"));
@@ -44,7 +44,7 @@ async function loadCount(): Promise<number> {
 }
 
 /** The guest is thawed, the lease gone, and the in-guest writer makes progress again. */
-async function expectSettled(t: AgentTarget): Promise<void> {
+async function expectSettled(t: SocketTarget): Promise<void> {
   const report = await windowStatus(t, { timeouts: { agentSeconds: 30 } });
   expect(report.agentStatus).toBe("thawed");
   expect(report.lease).toBeUndefined();
