@@ -26,9 +26,10 @@ export function readClaim(leaseDir: string, socketPath: string): { windowId: str
   }
 }
 
-/** Every claim file in the directory. */
+/** Every claim file in the directory (agent sockets' `claim-DEV-INO.json`, libvirt domains' `claim-lv-UUID.json`); none if it does not exist. */
 export function claimFiles(leaseDir: string): string[] {
-  return fs.readdirSync(leaseDir).filter((n) => /^claim-\d+-\d+\.json$/.test(n));
+  if (!fs.existsSync(leaseDir)) return [];
+  return fs.readdirSync(leaseDir).filter((n) => /^claim-(\d+-\d+|lv-[0-9a-f-]{36})\.json$/.test(n));
 }
 
 /**

@@ -2,7 +2,6 @@
  * The built `quiesce` CLI as a subprocess against the real lab (guest with write load, sshd): every
  * subcommand, the --json shapes, exit codes, and bad input.
  */
-import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { claimPath, endedPath } from "../fake/daemonFiles";
@@ -11,39 +10,9 @@ import { SshPool } from "../../provider/transport/ssh";
 import { waitForFile } from "../fake/waitForFile";
 import { inspectDataImage } from "./lab";
 import { useLab } from "./shared";
+import { quiesce } from "./quiesceCli";
 
 const lab = useLab({ guest: { load: true } });
-const repoRoot = path.resolve(__dirname, "../..");
-const cli = path.join(repoRoot, "dist/provider/cli/index.js");
-
-interface Ran {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  json: Record<string, unknown>;
-}
-
-function quiesce(args: string[], options: { onSpawn?: (pid: number) => void } = {}): Promise<Ran> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [cli, ...args], { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] });
-    options.onSpawn?.(child.pid as number);
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    child.on("error", reject);
-    child.on("close", (code) => {
-      let json: Record<string, unknown> = {};
-      if (args.includes("--json")) {
-        const lines = stdout.trim().split("\n").filter(Boolean);
-        // --json prints exactly one JSON object on stdout.
-        expect(lines).toHaveLength(1);
-        json = JSON.parse(lines[0]) as Record<string, unknown>;
-      }
-      resolve({ code, stdout, stderr, json });
-    });
-  });
-}
 
 let leaseNo = 0;
 function ssh(extra: string[] = []): string[] {
