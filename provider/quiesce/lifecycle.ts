@@ -766,7 +766,7 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
       const options = { signal, timeoutMs: t.freezeSeconds * 1000 };
       count = await channel.freeze(plan, options);
     } catch (err) {
-      throw hookMayHang(err, t.freezeSeconds);
+      throw hookMayHang(err, t.freezeSeconds, isDomainTarget(target));
     }
     const freezeMs = now() - frozenAtMs;
     await step("frozen");
@@ -888,11 +888,17 @@ function releaseTimeoutMs(t: Required<Timeouts>): number {
  * A freeze that timed out may be waiting on a fsfreeze hook: qemu-ga runs the hook (qemu-ga -F) before freezing
  * and waits for it with no timeout (AGENT-FACTS.md, "Freeze hooks"). Say so; the failure path thaws as usual.
  */
-function hookMayHang(err: unknown, freezeSeconds: number): unknown {
+function hookMayHang(err: unknown, freezeSeconds: number, libvirt = false): unknown {
   if (!isQuiesceError(err, "AGENT_TIMEOUT")) return err;
   return new QuiesceError(
     "AGENT_TIMEOUT",
-    `${err.message} The freeze took longer than ${freezeSeconds} s (timeouts.freezeSeconds). If the guest runs a fsfreeze ` +
+    `${err.message} The freeze took longer than ${freezeSeconds} s (timeouts.freezeSeconds). ` +
+      (libvirt
+        ? "libvirt waits for a freeze as long as the domain's agent timeout says (by default with no limit; " +
+          "pulumi-quiesce never changes it), holding the domain's agent job meanwhile, so the host daemon's thaw waits " +
+          "for the freeze to finish and is retried until it goes through. "
+        : "") +
+      "If the guest runs a fsfreeze " +
       "hook (qemu-ga -F), it may be hanging: qemu-ga waits for it with no timeout. Check the hook and " +
       "/var/log/qga-fsfreeze-hook.log in the guest.",
     { ...err.fields, hookMayHang: true },

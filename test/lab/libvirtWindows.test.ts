@@ -6,6 +6,7 @@
  * test.
  */
 import { spawn } from "node:child_process";
+import * as fs from "node:fs";
 import * as path from "node:path";
 import { createWindow, listFilesystems, releaseWindow, windowStatus, type DomainTarget } from "../../provider/quiesce/lifecycle";
 import { SshPool, type SshConnectionConfig } from "../../provider/transport/ssh";
@@ -42,6 +43,22 @@ let caseNo = 0;
 /** The lab domain over SSH, with a lease directory of its own per case (so each case's ended record is its own). */
 function target(options: { server?: LabSshd; domain?: string } = {}): DomainTarget {
   return { connection: connection(options.server), domain: options.domain ?? lab.domain, libvirtUri: lab.uri, leaseDir: path.join(leaseRoot, `case-${++caseNo}`) };
+}
+
+/** The PID of the QEMU process libvirt runs for `domain` (its command line has `-name guest=NAME,...`). */
+function qemuPidOf(domain: string): number {
+  for (const entry of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    let cmdline: string;
+    try {
+      cmdline = fs.readFileSync(`/proc/${entry}/cmdline`, "utf8");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT" || (err as NodeJS.ErrnoException).code === "ESRCH") continue; // it exited meanwhile
+      throw err;
+    }
+    if (cmdline.split("\0").some((arg) => arg.startsWith(`guest=${domain},`) || arg === `guest=${domain}`)) return Number(entry);
+  }
+  throw new Error(`no QEMU process runs domain ${domain}`);
 }
 
 /** The agent's status as libvirt reports it to virsh: the independent truth. */
@@ -216,6 +233,40 @@ describe("faults: no freeze of a libvirt domain outlives its process, its connec
     expect((await releaseWindow({ target: t, windowId: w.windowId }, { pool })).outcome).toBe("expired");
     await expectSettled(t);
   }, 60_000);
+
+  test("a freeze that hangs (the domain's QEMU stopped mid-freeze): our wait times out, the daemon's thaw waits for libvirt's agent job, and the guest ends thawed", async () => {
+    const qemu = qemuPidOf(lab.domain);
+    const t = target();
+    let resumed: NodeJS.Timeout | undefined;
+    try {
+      const err = await failure(
+        createWindow(
+          { target: t, mountpoints: ["/data"], timeouts: { freezeSeconds: 3 } },
+          {
+            pool,
+            onStep: (step) => {
+              if (step !== "armed") return;
+              // The freeze is sent next and cannot be answered: libvirt holds the domain's agent job for it.
+              process.kill(qemu, "SIGSTOP");
+              resumed = setTimeout(() => process.kill(qemu, "SIGCONT"), 6_000);
+            },
+          },
+        ),
+      );
+      expect(err.code).toBe("AGENT_TIMEOUT");
+      expect(err.message).toMatch(/domain's agent timeout.*host daemon's thaw waits/s);
+      // The freeze went through once QEMU ran again, and the daemon's thaw (queued behind it) thawed it.
+      expect(err.fields.mayBeFrozen).toBeUndefined();
+      const ended = fs.readdirSync(t.leaseDir as string).filter((n) => n.startsWith("ended-"));
+      expect(ended).toHaveLength(1);
+      // Thawed 1: the freeze did happen (after QEMU resumed), and the thaw came after it.
+      expect(JSON.parse(fs.readFileSync(path.join(t.leaseDir as string, ended[0]), "utf8"))).toMatchObject({ how: "released", thawedCount: 1, status: "thawed" });
+      await expectSettled(t);
+    } finally {
+      if (resumed) clearTimeout(resumed);
+      process.kill(qemu, "SIGCONT");
+    }
+  }, 120_000);
 
   test("20 concurrent creates on the domain from 20 processes: exactly one wins, the others name it, nobody thaws it", async () => {
     const t = target();
