@@ -3,7 +3,8 @@
  * channel libvirt owns, over the real lab sshd: the lifecycle, the CLI, bad input, and the fault subset (the
  * freezing process SIGKILLed at every step, the SSH connection cut, the deadline, 20 racing processes, a freeze
  * made outside with virsh). Every check of the guest's real state goes through virsh, not through the code under
- * test.
+ * test. Last, examples/libvirt runs as a Pulumi program (its serialized providers for real, under setMocks): a
+ * disk-only external snapshot taken inside the window must leave a consistent base image.
  */
 import { spawn } from "node:child_process";
 import * as fs from "node:fs";
@@ -19,6 +20,8 @@ import { descendants } from "./descendants";
 import { startSshd, type LabSshd } from "./lab";
 import { startLibvirt, type LabLibvirt } from "./libvirtd";
 import { quiesce } from "./quiesceCli";
+import { inspectDataImage } from "./lab";
+import { findPlaintext, runProgram } from "../pulumi/mocksRunner";
 
 const repoRoot = path.resolve(__dirname, "../..");
 let lab: LabLibvirt;
@@ -27,7 +30,8 @@ let leaseRoot: string;
 const pool = new SshPool();
 const figures: Record<string, number> = {};
 beforeAll(async () => {
-  [lab, sshd] = await Promise.all([startLibvirt(), startSshd({ extraConfig: "MaxStartups 100" })]);
+  // With the guest's write load on /data: the example's snapshot must be consistent while the guest writes.
+  [lab, sshd] = await Promise.all([startLibvirt({ load: true }), startSshd({ extraConfig: "MaxStartups 100" })]);
   leaseRoot = path.join(lab.runDir, "leases");
 }, 240_000);
 afterAll(async () => {
@@ -353,4 +357,53 @@ describe("the CLI with --domain", () => {
     expect(remote.code).toBe(2);
     expect(remote.stderr).toMatch(/names a remote host: give the host as the SSH connection/);
   });
+});
+
+describe("examples/libvirt: a disk-only external snapshot inside a window, as a Pulumi program", () => {
+  test("the base image left behind is a consistent filesystem of a disk being written; destroy commits the overlay back; no secret in plaintext", async () => {
+    const overlay = path.join(lab.runDir, "data1.overlay.qcow2");
+    const blockSource = async (): Promise<string> => {
+      const line = (await lab.virsh(["domblklist", lab.domain])).split("\n").find((l) => l.trim().startsWith("vda"));
+      return (line ?? "").trim().split(/\s+/)[1] ?? "";
+    };
+    const run = await runProgram(path.join(repoRoot, "examples/libvirt/index.ts"), {
+      project: "quiesced-libvirt-snapshot",
+      stack: "lab",
+      config: {
+        domain: lab.domain,
+        libvirtUri: lab.uri,
+        overlayPath: overlay,
+        disk: "vda",
+        otherDisks: "vdb",
+        host: sshd.host,
+        port: String(sshd.port),
+        user: "root",
+        privateKey: sshd.privateKey,
+        knownHostsPath: sshd.knownHostsPath,
+      },
+      secretConfigKeys: ["privateKey"],
+      programDir: repoRoot,
+      timeoutMs: 120_000,
+    });
+    expect(run.errors).toEqual([]);
+    const window = run.resources.find((r) => r.type.endsWith(":QuiesceWindow"));
+    expect(window?.outputs).toMatchObject({ frozenMountpoints: ["/data"], frozenCount: 1, domain: lab.domain });
+    expect(run.outputs.heldMs).toBeGreaterThan(0);
+    expect(await virshStatus()).toBe("thawed");
+    // The guest writes to the overlay now; the base image is the point of the freeze.
+    expect(await blockSource()).toBe(overlay);
+    const report = await inspectDataImage(lab.dataImage);
+    expect(report.needsRecovery).toBe(false);
+    expect(report.fsck.exitCode).toBe(0);
+    expect(report.loggedWrites.length).toBeGreaterThan(0);
+    expect(report.brokenFiles).toEqual([]);
+    const key = sshd.privateKey;
+    expect(findPlaintext(run, key)).toEqual([]);
+    for (const r of run.resources) expect(r.providerText ?? "").not.toContain(key.split("\n")[1]);
+    // pulumi destroy: the snapshot's delete commits the overlay back into the base and removes it.
+    await run.destroyAll();
+    expect(await blockSource()).toBe(lab.dataImage);
+    expect(fs.existsSync(overlay)).toBe(false);
+    expect(await virshStatus()).toBe("thawed");
+  }, 240_000);
 });

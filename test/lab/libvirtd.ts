@@ -23,6 +23,8 @@ export interface LabLibvirt {
   readonly uri: string;
   /** The domain's name. */
   readonly domain: string;
+  /** The domain's /data disk image (libvirt target vda, serial qdata1) on the host. */
+  readonly dataImage: string;
   readonly runDir: string;
   /** Opens an RPC session to libvirtd (CONNECT_OPEN done). Close it when done. */
   session(): Promise<LibvirtSession>;
@@ -40,7 +42,7 @@ export interface LabLibvirt {
 const QEMU_CONF = "/etc/libvirt/qemu.conf";
 
 /** Starts libvirtd and the lab guest as a domain; resolves once the guest agent answers through libvirt. */
-export async function startLibvirt(options: { bootTimeoutMs?: number } = {}): Promise<LabLibvirt> {
+export async function startLibvirt(options: { bootTimeoutMs?: number; /** Run the guest's write load on /data (default false). */ load?: boolean } = {}): Promise<LabLibvirt> {
   for (const binary of ["/usr/sbin/libvirtd", "/usr/bin/virsh"]) {
     if (!fs.existsSync(binary)) throw new LabError(`${binary} is missing: run .ci/install-lab-deps.sh as root`, "LAB_BUILD_FAILED");
   }
@@ -94,7 +96,7 @@ export async function startLibvirt(options: { bootTimeoutMs?: number } = {}): Pr
     await waitForPath(socketPath, 30_000);
     for (const [i, image] of build.images.entries()) await run("cp", ["--sparse=always", image, path.join(runDir, `data${i + 1}.img`)], { timeoutMs: 60_000 });
     const xml = path.join(runDir, "domain.xml");
-    fs.writeFileSync(xml, domainXml(domain, build.kernel, build.initramfs, runDir, { agent: true, disks: true }));
+    fs.writeFileSync(xml, domainXml(domain, build.kernel, build.initramfs, runDir, { agent: true, disks: true, load: options.load ?? false }));
     await virsh(["define", xml]);
     defined = true;
     await virsh(["start", domain]);
@@ -132,19 +134,19 @@ export async function startLibvirt(options: { bootTimeoutMs?: number } = {}): Pr
     }
     const defineDomain = async (name: string, o: { agent: boolean; start: boolean }): Promise<void> => {
       const file = path.join(runDir, `${name}.xml`);
-      fs.writeFileSync(file, domainXml(name, build.kernel, build.initramfs, runDir, { agent: o.agent, disks: false }));
+      fs.writeFileSync(file, domainXml(name, build.kernel, build.initramfs, runDir, { agent: o.agent, disks: false, load: false }));
       await virsh(["define", file]);
       extra.push(name);
       if (o.start) await virsh(["start", name]);
     };
-    return { socketPath, uri, domain, runDir, session, virsh, defineDomain, stop };
+    return { socketPath, uri, domain, dataImage: path.join(runDir, "data1.img"), runDir, session, virsh, defineDomain, stop };
   } catch (err) {
     await stop();
     throw err;
   }
 }
 
-function domainXml(name: string, kernel: string, initramfs: string, runDir: string, o: { agent: boolean; disks: boolean }): string {
+function domainXml(name: string, kernel: string, initramfs: string, runDir: string, o: { agent: boolean; disks: boolean; load: boolean }): string {
   const disk = (i: number, dev: string, serial: string): string =>
     `<disk type='file' device='disk'><driver name='qemu' type='raw' cache='none'/><source file='${path.join(runDir, `data${i}.img`)}'/>` +
     `<target dev='${dev}' bus='virtio'/><serial>${serial}</serial></disk>`;
@@ -153,7 +155,7 @@ function domainXml(name: string, kernel: string, initramfs: string, runDir: stri
   <memory unit='MiB'>256</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type><kernel>${kernel}</kernel><initrd>${initramfs}</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1 quiesce.load=0 quiesce.agent=${o.agent ? 1 : 0}</cmdline></os>
+    <cmdline>console=ttyS0 quiet panic=-1 quiesce.load=${o.load ? 1 : 0} quiesce.agent=${o.agent ? 1 : 0}</cmdline></os>
   <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
   <devices>
     ${o.disks ? disk(1, "vda", "qdata1") : ""}
