@@ -1,5 +1,5 @@
 /**
- * The benchmarks of pulumi-quiesce (issue 7): {@link runBench} runs the three parts and evaluates the targets.
+ * The benchmarks of pulumi-quiesce (issues 7, 10, 11): {@link runBench} runs the four parts and evaluates the targets.
  * `npm run bench` (bench/run.ts) runs it at full size and writes bench/results/latest.{json,md};
  * test/lab/bench.smoke.test.ts runs it at tiny size so it cannot rot.
  */
@@ -9,6 +9,7 @@ import { stderrLog, type Log } from "./common";
 import { benchFanout, type FanoutResult } from "./fanout";
 import { benchPulumi, type PulumiResult } from "./pulumi";
 import { benchSingleWindow, type SingleWindowResult } from "./single";
+import { benchLibvirt, type LibvirtResult } from "./libvirt";
 import { evaluateTargets, type TargetCheck } from "./targets";
 
 /** What to run, and how much. */
@@ -81,10 +82,15 @@ export interface BenchResults {
   readonly single: SingleWindowResult;
   readonly fanout: FanoutResult;
   readonly pulumi: PulumiResult;
+  /** Part 4: a libvirt domain (absent in results written before it existed). */
+  readonly libvirt?: LibvirtResult;
   readonly targets: readonly TargetCheck[];
 }
 
-/** Runs all three parts. Parts 1 and 3 share one lab (guest + sshd); part 2 starts its own sshd and fake agents. */
+/**
+ * Runs all four parts. Parts 1, 3 and 4 share one lab (guest + sshd; part 4 adds a libvirtd and its domain); part 2
+ * starts its own sshd and fake agents.
+ */
 export async function runBench(options: BenchOptions, log: Log = stderrLog): Promise<BenchResults> {
   const startedAt = new Date();
   const loadStart = os.loadavg()[0];
@@ -92,9 +98,11 @@ export async function runBench(options: BenchOptions, log: Log = stderrLog): Pro
   const lab = await startLab({ guest: { load: options.load } });
   let single: SingleWindowResult;
   let pulumi: PulumiResult;
+  let libvirt: LibvirtResult;
   try {
     single = await benchSingleWindow(lab, { reps: options.reps, sleepMs: options.altSleepMs, log });
     pulumi = await benchPulumi(lab, { runs: options.pulumiRuns, log });
+    libvirt = await benchLibvirt(lab, { reps: options.reps, log });
   } finally {
     await lab.stop();
   }
@@ -122,6 +130,7 @@ export async function runBench(options: BenchOptions, log: Log = stderrLog): Pro
     single,
     fanout,
     pulumi,
-    targets: evaluateTargets(single, fanout, pulumi),
+    libvirt,
+    targets: evaluateTargets(single, fanout, pulumi, libvirt),
   };
 }

@@ -163,6 +163,36 @@ function pulumiSection(r: BenchResults): string {
   ].join("\n");
 }
 
+function libvirtSection(r: BenchResults): string {
+  const l = r.libvirt;
+  if (!l) return "";
+  const label: Record<string, string> = {
+    oursWarm: "ours, warm (domain, verified)",
+    oursCold: "ours, cold (new SSH connection)",
+    socketWarm: "ours, warm, on an agent socket (part 1's target)",
+    virshQemuSsh: "virsh -c qemu+ssh:// per command",
+    sshVirsh: "ssh host virsh ... per command",
+    localVirsh: "virsh on the host",
+  };
+  const warm = l.totals.oursWarm.median;
+  return [
+    "### A libvirt domain",
+    "",
+    `The lab guest as a libvirt domain under a real libvirtd, /data frozen and thawed; ${l.reps} repetitions, every variant in each (order rotated). ` +
+      "Ours verifies before and after (status, count, status); virsh runs domfsfreeze then domfsthaw and verifies nothing. " +
+      "Frozen beyond the command: ours, from the freeze's reply to create's return plus from release's call to the thaw's reply; " +
+      "virsh, the thaw command alone (a lower bound).",
+    "",
+    table(
+      ["variant", "freeze + thaw", "× ours warm", "frozen beyond the command"],
+      ["l", "r", "r", "r"],
+      (Object.keys(l.totals) as (keyof typeof l.totals)[]).map((v) => [label[v] ?? v, cell(l.totals[v]), ratio(l.totals[v].median / warm), cell(l.frozenBeyond[v])]),
+    ),
+    "",
+    `Warm, on the domain: createWindow ${cell(l.createMs)}, releaseWindow ${cell(l.releaseMs)}.`,
+  ].join("\n");
+}
+
 function targetsSection(r: BenchResults): string {
   return [
     "### Targets",
@@ -191,6 +221,7 @@ export function renderMarkdown(r: BenchResults, notes: readonly string[]): strin
     "",
     pulumiSection(r),
     "",
+    ...(r.libvirt ? [libvirtSection(r), ""] : []),
     targetsSection(r),
     ...(notes.length ? ["", "### Notes", "", ...notes.map((n) => `- ${n}`)] : []),
     "",

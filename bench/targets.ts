@@ -2,6 +2,7 @@
 import type { FanoutResult } from "./fanout";
 import type { PulumiResult } from "./pulumi";
 import type { SingleWindowResult } from "./single";
+import type { LibvirtResult } from "./libvirt";
 import { ms, ratio } from "./stats";
 
 /** One target and how the run did against it. */
@@ -48,7 +49,7 @@ const count = (v: number): string => String(v);
  * Checks every target the run has figures for. Fan-out targets are checked at N = 200, and for failures at N = 1000,
  * when those sizes were run.
  */
-export function evaluateTargets(single: SingleWindowResult, fanout: FanoutResult, pulumi?: PulumiResult): TargetCheck[] {
+export function evaluateTargets(single: SingleWindowResult, fanout: FanoutResult, pulumi?: PulumiResult, libvirt?: LibvirtResult): TargetCheck[] {
   const raw = single.totals.raw.median;
   const warm = single.totals.oursWarm.median;
   const checks: TargetCheck[] = [
@@ -81,6 +82,20 @@ export function evaluateTargets(single: SingleWindowResult, fanout: FanoutResult
   if (pulumi) {
     checks.push(
       check("pulumi.overhead", "frozen time beyond the snapshot command under the Pulumi stand-in ≤ 15 ms", pulumi.overheadMs.median, "≤", 15, inMs),
+    );
+  }
+  if (libvirt) {
+    const warm = libvirt.totals.oursWarm.median;
+    checks.push(
+      check("libvirt.warm-vs-qemu+ssh", "libvirt domain: virsh over qemu+ssh:// per command / a warm verified window of ours ≥ 10", libvirt.totals.virshQemuSsh.median / warm, "≥", 10, times),
+      check(
+        "libvirt.frozen-beyond-vs-socket",
+        "libvirt domain: frozen time beyond the command ≤ a socket target's (same run) + 5 ms",
+        libvirt.frozenBeyond.oursWarm.median,
+        "≤",
+        libvirt.frozenBeyond.socketWarm.median + 5,
+        inMs,
+      ),
     );
   }
   return checks;

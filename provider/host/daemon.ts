@@ -123,6 +123,8 @@ export interface DaemonThaw {
   readonly status: string | null;
   /** The status before the thaw (release only). */
   readonly before?: string | null;
+  /** When the thaw's reply came, seconds since the epoch on the host's clock. */
+  readonly at?: number;
 }
 
 /** The reply to `status`. */

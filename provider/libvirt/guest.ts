@@ -202,7 +202,7 @@ export async function findDomain(conn: LibvirtConnection, target: LibvirtTarget,
  * @throws QuiesceError LIBVIRT_UNAVAILABLE, LIBVIRT_AUTH, UNKNOWN_DOMAIN, DOMAIN_NOT_RUNNING, NO_GUEST_AGENT, and
  *   transport errors.
  */
-export async function openLibvirtGuest(target: LibvirtTarget, options: LibvirtOpenOptions = {}): Promise<LibvirtGuest> {
+export async function openLibvirtGuest(target: LibvirtTarget, options: LibvirtOpenOptions & { /** Skip the agent's guest-ping (default false). */ skipAgentCheck?: boolean } = {}): Promise<LibvirtGuest> {
   const conn = await connectLibvirt(target, options);
   const where = conn.label;
   const s = conn.session;
@@ -217,7 +217,7 @@ export async function openLibvirtGuest(target: LibvirtTarget, options: LibvirtOp
         { target: where, domain: domain.name },
       );
     }
-    await agentAnswers(s, domain, where, call);
+    if (!options.skipAgentCheck) await agentAnswers(s, domain, where, call);
     return { ...conn, domain };
   } catch (err) {
     conn.close();

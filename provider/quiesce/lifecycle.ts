@@ -244,6 +244,8 @@ export interface ReleaseResult {
   readonly writesResumed?: boolean;
   /** The thaw happened, but the agent reported a failure besides (a fsfreeze hook failing on "thaw"): its message. */
   readonly thawWarning?: string;
+  /** When this call's thaw was answered (the end of the freeze), ISO 8601 UTC on the host's clock. */
+  readonly thawedAt?: string;
 }
 
 
@@ -354,6 +356,8 @@ export async function openSession(
  */
 interface FreezeChannel {
   readonly agent: AgentExecutor;
+  /** The channel's opening made sure the agent answers (libvirt's: a guest-ping, for NO_GUEST_AGENT). */
+  readonly agentAnswered: boolean;
   /** The relay's stream (for fault injection). */
   readonly stream: Duplex;
   filesystems(options: ExecuteOptions): Promise<GuestFilesystem[]>;
@@ -375,6 +379,7 @@ async function openFreezeChannel(
     const { session, stream } = await relaySession(daemon, windowId, label, t, signal);
     return {
       agent: session,
+      agentAnswered: false,
       stream,
       filesystems: (o) => getFsinfo(session, o),
       freeze: (plan, o) => (plan.all ? fsfreezeFreezeAll(session, o) : fsfreezeFreezeList(session, plan.listArguments, o)),
@@ -391,6 +396,7 @@ async function openFreezeChannel(
   const agent = new LibvirtAgent(guest.session, guest.domain, label);
   return {
     agent,
+    agentAnswered: true,
     stream,
     filesystems: (o) => agent.filesystems(o),
     // DOMAIN_FSFREEZE with no mount points is libvirt's freeze-all.
@@ -667,7 +673,8 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
   //    UUID, and each way this fails has its own error, before anything is claimed.
   let ref: GuestRef;
   if (isDomainTarget(target)) {
-    const guest = await openLibvirtGuest(target, { pool: deps.pool, signal, timeoutMs: t.agentSeconds * 1000 + 5_000 });
+    // (The agent is asked over the relay, after the claim: one agent round trip fewer before the freeze.)
+    const guest = await openLibvirtGuest(target, { pool: deps.pool, signal, timeoutMs: t.agentSeconds * 1000 + 5_000, skipAgentCheck: true });
     ref = { libvirt: libvirtRef(target, guest, guest.domain) };
     guest.close();
   } else {
@@ -703,7 +710,7 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
     // 2. The agent answers, and the guest is thawed. Status comes before guest-info: while frozen the agent
     //    reports the freeze commands as disabled, which would read as an administrator's block. Frozen now means
     //    frozen by someone else: nothing of pulumi-quiesce's, since our claim would have been refused.
-    await ping(session, { signal });
+    if (!channel.agentAnswered) await ping(session, { signal });
     if ((await fsfreezeStatus(session, { signal })) === "frozen") throw alreadyFrozen(label, undefined);
     await step("checked");
     // 3. fsfreeze is enabled (an administrator can block commands).
@@ -999,6 +1006,7 @@ export async function releaseWindow(request: ReleaseRequest, deps: LifecycleDeps
     agentStatus: "thawed",
     ...(writesResumed ? { writesResumed } : {}),
     ...(hookError ? { thawWarning: hookError.message } : {}),
+    ...(r.thaw?.at ? { thawedAt: new Date(Math.round(r.thaw.at * 1000)).toISOString() } : {}),
   };
 }
 
