@@ -59,6 +59,11 @@ mkdir -p /run/sshd
 # written only where the packages left none (a --no-install-recommends install ships none): an existing
 # libvirt host's configuration is never touched, and the lab then says what it needs.
 id libvirt-qemu >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin libvirt-qemu
+# A non-root SSH user for the lab's libvirt tests: the lab's libvirtd lets its group use its socket (as a host's
+# `libvirt` group is let in), and the lab sshd authorizes the lab's throwaway key for it. No password, no home.
+id quiesce-lab >/dev/null 2>&1 || useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /bin/sh quiesce-lab
+# Not locked ("*", no password at all): sshd without PAM refuses a locked ("!") account even for a key.
+usermod -p '*' quiesce-lab
 if [[ ! -e /etc/libvirt/qemu.conf ]]; then
   mkdir -p /etc/libvirt
   cat >/etc/libvirt/qemu.conf <<'QEMU_CONF'

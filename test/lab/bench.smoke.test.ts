@@ -7,6 +7,7 @@ import { SMOKE_OPTIONS, runBench, type BenchResults } from "../../bench/index";
 import { buildNotes } from "../../bench/notes";
 import { renderMarkdown } from "../../bench/report";
 import { SINGLE_VARIANTS } from "../../bench/single";
+import { LIBVIRT_VARIANTS } from "../../bench/libvirt";
 
 function isFigure(value: unknown): value is Figure {
   return typeof value === "object" && value !== null && "median" in value && "samples" in value;
@@ -75,14 +76,31 @@ test("the Pulumi stand-in run reports frozen time, command time and their differ
   expect(pulumi.overheadMs.median).toBeCloseTo(pulumi.heldMs.median - pulumi.commandMs.median, 6);
 });
 
+test("part 4 measures every libvirt variant in every repetition, each freeze verified and thawed", () => {
+  const l = results.libvirt;
+  expect(l).toBeDefined();
+  for (const variant of LIBVIRT_VARIANTS) {
+    expect(l?.totals[variant].n).toBe(SMOKE_OPTIONS.reps);
+    expect(l?.frozenBeyond[variant].n).toBe(SMOKE_OPTIONS.reps);
+    expect(l?.frozenBeyond[variant].min).toBeGreaterThanOrEqual(0);
+  }
+});
+
 test("the report has every section, a verdict per target, and notes", () => {
-  expect(results.targets.map((t) => t.id)).toEqual(["single.warm-vs-raw", "single.alt-vs-ours", "single.alt-pooled-vs-ours", "pulumi.overhead"]);
+  expect(results.targets.map((t) => t.id)).toEqual([
+    "single.warm-vs-raw",
+    "single.alt-vs-ours",
+    "single.alt-pooled-vs-ours",
+    "pulumi.overhead",
+    "libvirt.warm-vs-qemu+ssh",
+    "libvirt.frozen-beyond-vs-socket",
+  ]);
   for (const t of results.targets) {
     expect(Number.isFinite(t.measured)).toBe(true);
     expect(t.met || typeof t.missedBy === "string").toBe(true);
   }
   const markdown = renderMarkdown(results, buildNotes(results));
-  for (const heading of ["### One window against the lab guest", "### Fan-out", "### Window overhead under the Pulumi stand-in", "### Targets", "### Notes"]) {
+  for (const heading of ["### One window against the lab guest", "### Fan-out", "### Window overhead under the Pulumi stand-in", "### A libvirt domain", "### Targets", "### Notes"]) {
     expect(markdown).toContain(heading);
   }
   expect(markdown).not.toMatch(/NaN|undefined|n\/a/);

@@ -24,6 +24,8 @@ import { inspectDataImage } from "./lab";
 import { findPlaintext, runProgram } from "../pulumi/mocksRunner";
 
 const repoRoot = path.resolve(__dirname, "../..");
+/** The lab's non-root SSH user (.ci/install-lab-deps.sh creates it). */
+const NON_ROOT = "quiesce-lab";
 let lab: LabLibvirt;
 let sshd: LabSshd;
 let leaseRoot: string;
@@ -31,7 +33,8 @@ const pool = new SshPool();
 const figures: Record<string, number> = {};
 beforeAll(async () => {
   // With the guest's write load on /data: the example's snapshot must be consistent while the guest writes.
-  [lab, sshd] = await Promise.all([startLibvirt({ load: true }), startSshd({ extraConfig: "MaxStartups 100" })]);
+  // libvirtd's socket is open to the lab's non-root user's group, as a host's `libvirt` group is.
+  [lab, sshd] = await Promise.all([startLibvirt({ load: true, socketGroup: NON_ROOT }), startSshd({ extraConfig: "MaxStartups 100" })]);
   leaseRoot = path.join(lab.runDir, "leases");
 }, 240_000);
 afterAll(async () => {
@@ -180,6 +183,45 @@ describe("the lifecycle through libvirt, over the pooled SSH connection", () => 
     expect((await releaseWindow({ target: t, windowId: first.windowId }, { pool })).outcome).toBe("thawed-outside");
     await expectSettled(t);
   });
+});
+
+describe("a non-root SSH user whom libvirt's socket lets in (its group, as a host's libvirt group)", () => {
+  test("freezes, holds and releases through libvirt, with its host daemon in a lease directory of its own; its freeze still ends at the deadline", async () => {
+    const leaseDir = `/tmp/quiesce-lab-leases-${process.pid}-${++caseNo}`;
+    const t: DomainTarget = { ...target(), connection: { ...connection(), user: NON_ROOT }, leaseDir };
+    try {
+      const w = await createWindow({ target: t, mountpoints: ["/data"], owner: "non-root" }, { pool });
+      expect(await virshStatus()).toBe("frozen");
+      expect((await windowStatus(t, { windowId: w.windowId }, { pool })).state).toBe("held");
+      expect((await releaseWindow({ target: t, windowId: w.windowId }, { pool })).outcome).toBe("released");
+      await expectSettled(t);
+      // The daemon is the user's own: its directory and socket belong to the user, not to root.
+      const uid = Number(fs.readFileSync("/etc/passwd", "utf8").split("\n").find((l) => l.startsWith(`${NON_ROOT}:`))?.split(":")[2]);
+      expect(fs.statSync(leaseDir).uid).toBe(uid);
+      expect(fs.statSync(path.join(leaseDir, "daemon.sock")).uid).toBe(uid);
+      const expiring = await createWindow({ target: t, mountpoints: ["/data"], maxDurationSeconds: 3, thawOnDisconnect: false }, { pool });
+      const ended = JSON.parse(await waitForFile(endedPath(leaseDir, expiring.windowId), 30_000)) as { how: string };
+      expect(ended).toMatchObject({ how: "expired", status: "thawed" });
+      await expectSettled(t);
+    } finally {
+      fs.rmSync(leaseDir, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  test("a user libvirt's socket does not let in gets LIBVIRT_AUTH before anything is frozen", async () => {
+    // The same socket made root-only for a while (its directory 0700).
+    const sockDir = path.dirname(lab.socketPath);
+    fs.chmodSync(sockDir, 0o700);
+    try {
+      const t: DomainTarget = { ...target(), connection: { ...connection(), user: NON_ROOT }, leaseDir: `/tmp/quiesce-lab-leases-${process.pid}-${++caseNo}` };
+      const err = await failure(createWindow({ target: t, mountpoints: ["/data"] }, { pool }));
+      expect(err.code).toBe("LIBVIRT_AUTH");
+      expect(err.message).toMatch(/cannot be opened by this user \(permission denied\): add the user to the libvirt group/);
+      expect(await virshStatus()).toBe("thawed");
+    } finally {
+      fs.chmodSync(sockDir, 0o750);
+    }
+  }, 60_000);
 });
 
 describe("faults: no freeze of a libvirt domain outlives its process, its connection or its lease", () => {

@@ -42,7 +42,15 @@ export interface LabLibvirt {
 const QEMU_CONF = "/etc/libvirt/qemu.conf";
 
 /** Starts libvirtd and the lab guest as a domain; resolves once the guest agent answers through libvirt. */
-export async function startLibvirt(options: { bootTimeoutMs?: number; /** Run the guest's write load on /data (default false). */ load?: boolean } = {}): Promise<LabLibvirt> {
+export async function startLibvirt(
+  options: {
+    bootTimeoutMs?: number;
+    /** Run the guest's write load on /data (default false). */
+    load?: boolean;
+    /** Let this group use libvirtd's socket (0770), as a host's `libvirt` group is; default root only (0700). */
+    socketGroup?: string;
+  } = {},
+): Promise<LabLibvirt> {
   for (const binary of ["/usr/sbin/libvirtd", "/usr/bin/virsh"]) {
     if (!fs.existsSync(binary)) throw new LabError(`${binary} is missing: run .ci/install-lab-deps.sh as root`, "LAB_BUILD_FAILED");
   }
@@ -58,6 +66,10 @@ export async function startLibvirt(options: { bootTimeoutMs?: number; /** Run th
   const runDir = createRunDir("libvirt");
   const sockDir = path.join(runDir, "sock");
   fs.mkdirSync(sockDir, { mode: 0o700 });
+  if (options.socketGroup) {
+    await run("chgrp", [options.socketGroup, sockDir], { timeoutMs: 10_000 });
+    fs.chmodSync(sockDir, 0o750);
+  }
   const socketPath = path.join(sockDir, "libvirt-sock");
   const uri = `qemu:///system?socket=${socketPath}`;
   const domain = `quiesce-lab-${path.basename(runDir).split("-").slice(1).join("-")}`;
@@ -66,7 +78,7 @@ export async function startLibvirt(options: { bootTimeoutMs?: number; /** Run th
     confPath,
     [
       `unix_sock_dir = "${sockDir}"`,
-      'unix_sock_rw_perms = "0700"',
+      ...(options.socketGroup ? [`unix_sock_group = "${options.socketGroup}"`, 'unix_sock_rw_perms = "0770"'] : ['unix_sock_rw_perms = "0700"']),
       'auth_unix_rw = "none"',
       'auth_unix_ro = "none"',
       `log_outputs = "3:file:${path.join(runDir, "libvirtd.log")}"`,
@@ -86,6 +98,8 @@ export async function startLibvirt(options: { bootTimeoutMs?: number; /** Run th
       await virsh(["undefine", domain]).catch((err: unknown) => process.stderr.write(`lab: virsh undefine: ${(err as Error).message}\n`));
     }
     if (libvirtd) await stopProcess(libvirtd);
+    // libvirtd keeps a log per domain in its system log directory: ours go with the run.
+    for (const name of [domain, ...extra]) fs.rmSync(path.join("/var/log/libvirt/qemu", `${name}.log`), { force: true });
     fs.rmSync(runDir, { recursive: true, force: true });
   };
   try {
