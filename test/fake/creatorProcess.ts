@@ -34,3 +34,38 @@ export function startCreator(request: Omit<CreateWindowRequest, "signal">, killA
     env: { ...process.env, ...(killAt ? { QUIESCE_TEST_KILL_AT: killAt } : {}) },
   });
 }
+
+/** What one racer of {@link raceCreates} printed: its window, or its error's code and message. */
+export interface RaceResult {
+  readonly ok: boolean;
+  readonly windowId?: string;
+  readonly code?: string;
+  readonly message?: string;
+}
+
+/** Starts `n` processes at once, each creating a window of `request` (owner `racer-<i>`); resolves with each outcome. */
+export function raceCreates(request: Omit<CreateWindowRequest, "signal">, n: number): Promise<RaceResult[]> {
+  const racer = `
+    const { createWindow } = require("./dist/provider/quiesce/lifecycle");
+    createWindow(JSON.parse(process.argv[1])).then(
+      (w) => { console.log(JSON.stringify({ ok: true, windowId: w.windowId })); process.exit(0); },
+      (e) => { console.log(JSON.stringify({ ok: false, code: e.code, message: e.message })); process.exit(0); });`;
+  return Promise.all(
+    Array.from(
+      { length: n },
+      (_, i) =>
+        new Promise<RaceResult>((resolve, reject) => {
+          const child = spawn(process.execPath, ["-e", racer, JSON.stringify({ ...request, owner: `racer-${i}` })], { cwd: repoRoot, stdio: ["ignore", "pipe", "inherit"] });
+          let out = "";
+          child.stdout?.on("data", (d: Buffer) => (out += d.toString()));
+          child.once("exit", () => {
+            try {
+              resolve(JSON.parse(out.trim().split("\n").pop() ?? "") as RaceResult);
+            } catch (err) {
+              reject(new Error(`racer ${i} printed ${JSON.stringify(out)}`, { cause: err }));
+            }
+          });
+        }),
+    ),
+  );
+}

@@ -3,7 +3,6 @@
  * no freeze outlives its lease, its process or its owner. Each case ends with the agent thawed, the lease
  * gone and the guest's writers resumed. Measured figures are printed at the end (README, "Reliability").
  */
-import { spawn } from "node:child_process";
 import { Client } from "ssh2";
 import * as path from "node:path";
 import { createWindow, releaseWindow, windowStatus, type SocketTarget } from "../../provider/quiesce/lifecycle";
@@ -13,14 +12,13 @@ import { deleteWindow, readWindow, type WindowOutputs } from "../../provider/dyn
 import { createRelease } from "../../provider/dynamic/release";
 import { SshPool, type SshConnectionConfig } from "../../provider/transport/ssh";
 import { isQuiesceError } from "../../provider/errors";
-import { spawnCreator } from "../fake/creatorProcess";
+import { raceCreates, spawnCreator } from "../fake/creatorProcess";
 import { waitForFile } from "../fake/waitForFile";
 import { descendants } from "./descendants";
 import { startSshd, withAgentProbe, type LabSshd } from "./lab";
 import { useLab } from "./shared";
 
 const lab = useLab({ guest: { load: true, allowReboot: true }, sshd: { extraConfig: "MaxStartups 100" } });
-const repoRoot = path.resolve(__dirname, "../..");
 const pool = new SshPool();
 const figures: Record<string, number | string> = {};
 afterAll(() => {
@@ -147,33 +145,8 @@ test("the guest reboots while frozen: status, read and delete report it correctl
 
 test("20 concurrent creates on one guest from 20 processes: exactly one wins, the others name it, nobody thaws it", async () => {
   const t = target();
-  const script = `
-    const { createWindow } = require("./dist/provider/quiesce/lifecycle");
-    createWindow(JSON.parse(process.argv[1])).then(
-      (w) => { console.log(JSON.stringify({ ok: true, windowId: w.windowId })); process.exit(0); },
-      (e) => { console.log(JSON.stringify({ ok: false, code: e.code, message: e.message })); process.exit(0); });`;
   const request = { target: t, mountpoints: ["/data"], thawOnDisconnect: false, maxDurationSeconds: 300, timeouts: { agentSeconds: 150 } };
-  const results = await Promise.all(
-    Array.from(
-      { length: 20 },
-      (_, i) =>
-        new Promise<{ ok: boolean; windowId?: string; code?: string; message?: string }>((resolve, reject) => {
-          const child = spawn(process.execPath, ["-e", script, JSON.stringify({ ...request, owner: `racer-${i}` })], {
-            cwd: repoRoot,
-            stdio: ["ignore", "pipe", "inherit"],
-          });
-          let out = "";
-          child.stdout.on("data", (d: Buffer) => (out += d.toString()));
-          child.once("exit", () => {
-            try {
-              resolve(JSON.parse(out.trim().split("\n").pop() ?? ""));
-            } catch (err) {
-              reject(new Error(`racer ${i} printed ${JSON.stringify(out)}`, { cause: err }));
-            }
-          });
-        }),
-    ),
-  );
+  const results = await raceCreates(request, 20);
   const winners = results.filter((r) => r.ok);
   if (winners.length !== 1) console.log(JSON.stringify(results, null, 1));
   expect(winners).toHaveLength(1);

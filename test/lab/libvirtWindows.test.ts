@@ -6,14 +6,13 @@
  * test. Last, examples/libvirt runs as a Pulumi program (its serialized providers for real, under setMocks): a
  * disk-only external snapshot taken inside the window must leave a consistent base image.
  */
-import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { createWindow, listFilesystems, releaseWindow, windowStatus, type DomainTarget } from "../../provider/quiesce/lifecycle";
 import { SshPool, type SshConnectionConfig } from "../../provider/transport/ssh";
 import { failure } from "../fake/failure";
 import { claimFiles, endedPath } from "../fake/daemonFiles";
-import { startCreator, spawnCreator } from "../fake/creatorProcess";
+import { raceCreates, startCreator, spawnCreator } from "../fake/creatorProcess";
 import { waitForFile } from "../fake/waitForFile";
 import { CREATE_STEPS } from "../../provider/quiesce/lifecycle";
 import { descendants } from "./descendants";
@@ -316,30 +315,8 @@ describe("faults: no freeze of a libvirt domain outlives its process, its connec
 
   test("20 concurrent creates on the domain from 20 processes: exactly one wins, the others name it, nobody thaws it", async () => {
     const t = target();
-    const script = `
-      const { createWindow } = require("./dist/provider/quiesce/lifecycle");
-      createWindow(JSON.parse(process.argv[1])).then(
-        (w) => { console.log(JSON.stringify({ ok: true, windowId: w.windowId })); process.exit(0); },
-        (e) => { console.log(JSON.stringify({ ok: false, code: e.code, message: e.message })); process.exit(0); });`;
     const request = { target: t, mountpoints: ["/data"], thawOnDisconnect: false, maxDurationSeconds: 300, timeouts: { agentSeconds: 150 } };
-    const results = await Promise.all(
-      Array.from(
-        { length: 20 },
-        (_, i) =>
-          new Promise<{ ok: boolean; windowId?: string; code?: string; message?: string }>((resolve, reject) => {
-            const child = spawn(process.execPath, ["-e", script, JSON.stringify({ ...request, owner: `racer-${i}` })], { cwd: repoRoot, stdio: ["ignore", "pipe", "inherit"] });
-            let out = "";
-            child.stdout.on("data", (d: Buffer) => (out += d.toString()));
-            child.once("exit", () => {
-              try {
-                resolve(JSON.parse(out.trim().split("\n").pop() ?? ""));
-              } catch (err) {
-                reject(new Error(`racer ${i} printed ${JSON.stringify(out)}`, { cause: err }));
-              }
-            });
-          }),
-      ),
-    );
+    const results = await raceCreates(request, 20);
     const winners = results.filter((r) => r.ok);
     if (winners.length !== 1) console.log(JSON.stringify(results, null, 1));
     expect(winners).toHaveLength(1);
