@@ -22,6 +22,8 @@
  * - libvirt:   LIBVIRT_PROTOCOL (a malformed or oversized RPC message), LIBVIRT_ERROR (libvirt refused a call:
  *              its code, domain and message in the fields), LIBVIRT_TIMEOUT, LIBVIRT_INTERRUPTED, LIBVIRT_UNAVAILABLE
  *              (libvirtd not running), LIBVIRT_AUTH, UNKNOWN_DOMAIN, DOMAIN_NOT_RUNNING, NO_GUEST_AGENT
+ * - groups:    GROUP_FAILED (a QuiesceGroup's create failed: every member's failure in `fields.failures`, every
+ *              member thawed), GROUP_NOT_HELD (a member was not held throughout)
  * - any:       ABORTED
  */
 export type QuiesceErrorCode =
@@ -78,6 +80,8 @@ export type QuiesceErrorCode =
   | "VSS_WRITES_RESUMED"
   | "VSS_VOLUME_REFUSED"
   | "VSS_LEASE_TOO_LONG"
+  | "GROUP_FAILED"
+  | "GROUP_NOT_HELD"
   | "ABORTED";
 
 /** Structured context of an error. Every field is optional; layers add what they know. */

@@ -37,12 +37,13 @@ function forwardTo(kind: ResourceKind): pulumi.dynamic.ResourceProvider {
 const windowProvider = forwardTo("window");
 const releaseProvider = forwardTo("release");
 const hostSnapshotProvider = forwardTo("hostSnapshot");
+const groupProvider = forwardTo("group");
 
 /**
  * The provider objects, for tests that drive Pulumi's dynamic-provider host directly.
  * @internal
  */
-export const providersForTesting = { windowProvider, releaseProvider, hostSnapshotProvider } as const;
+export const providersForTesting = { windowProvider, releaseProvider, hostSnapshotProvider, groupProvider } as const;
 
 /** Arguments of {@link QuiesceWindow}. */
 export interface QuiesceWindowArgs {
@@ -194,10 +195,120 @@ export class QuiesceWindow extends pulumi.dynamic.Resource {
   }
 }
 
+/** One member of a {@link QuiesceGroup}: a name, its guest (as a window's target), and what to freeze there. */
+export interface QuiesceGroupMember {
+  /** Unique in the group; names the member in outputs and errors. */
+  name: pulumi.Input<string>;
+  /** SSH connection to the member's host; omitted: this machine. */
+  connection?: pulumi.Input<Connection>;
+  /** The member's agent socket (exactly one of this, `proxmox` and `domain`). */
+  socketPath?: pulumi.Input<string>;
+  /** A Proxmox VE guest by VMID. */
+  proxmox?: pulumi.Input<{ vmid: pulumi.Input<number> }>;
+  /** A libvirt domain by name or UUID. */
+  domain?: pulumi.Input<string>;
+  /** The domain's libvirt URI (default `qemu:///system`). */
+  libvirtUri?: pulumi.Input<string>;
+  /** The host daemon's directory on the member's host (default `/run/pulumi-quiesce`). */
+  leaseDir?: pulumi.Input<string>;
+  /** Mount points to freeze; omitted (and no `disks`): every filesystem. */
+  mountpoints?: pulumi.Input<pulumi.Input<string>[]>;
+  /** Disks to freeze the filesystems of (serial, device, bus target, PCI address, libvirt target). */
+  disks?: pulumi.Input<pulumi.Input<string>[]>;
+}
+
+/** Arguments of {@link QuiesceGroup}. */
+export interface QuiesceGroupArgs {
+  /** The guests frozen together, on one host or several. Members on one host share one SSH connection and one host daemon. */
+  members: pulumi.Input<pulumi.Input<QuiesceGroupMember>[]>;
+  /** Lease length of every member, in seconds. Default 300. */
+  maxDurationSeconds?: pulumi.Input<number>;
+  /** Thaw every member as soon as the process that froze them is gone (as a window's). Default true. */
+  thawOnDisconnect?: pulumi.Input<boolean>;
+  /** Agent timeouts in seconds (defaults: agent 10, freeze 30, thaw 30). */
+  timeouts?: pulumi.Input<TimeoutsArgs>;
+  /** Any change replaces the group (a new freeze). */
+  triggers?: pulumi.Input<unknown[]>;
+}
+
+/** A member's window, as {@link QuiesceGroup.windows} lists it. */
+export interface QuiesceGroupWindow {
+  name: string;
+  windowId: string;
+  frozenMountpoints: string[];
+  frozenAt: string;
+  expiresAt: string;
+  /** At the last create or refresh: held, expired, disconnected, thawed-outside, ... (as a window's state). */
+  state: string;
+}
+
+/**
+ * Several guests, on one host or several, frozen as one consistent point, all or nothing: every member is
+ * checked, claimed and planned before any is frozen, then all are frozen at once and each is verified. If any
+ * member fails, every member frozen so far is thawed and the create fails, naming each member that failed and
+ * why. Each member keeps its own lease, deadline and dead-man thaw on its host. Snapshot resources (a
+ * {@link HostSnapshot} with `group` and `member`) `dependsOn` it, and a {@link WindowRelease} with `group` thaws
+ * every member after them.
+ *
+ * @example
+ * ```ts
+ * const group = new QuiesceGroup("db", {
+ *   members: [
+ *     { name: "primary", connection: { host: "hv1" }, socketPath: "/var/lib/vms/db1/qga.sock", mountpoints: ["/var/lib/postgresql"] },
+ *     { name: "replica", connection: { host: "hv2" }, domain: "db2", disks: ["vdb"] },
+ *   ],
+ *   maxDurationSeconds: 60,
+ * });
+ * const snap = new HostSnapshot("db-snap", { group, member: "primary", create: "rbd group snap create pool/db@nightly" }, { dependsOn: group });
+ * new WindowRelease("db-release", { group }, { dependsOn: snap });
+ * ```
+ */
+export class QuiesceGroup extends pulumi.dynamic.Resource {
+  /** The group's id (also the resource id). */
+  declare public readonly groupId: pulumi.Output<string>;
+  /** Each member's window. */
+  declare public readonly windows: pulumi.Output<QuiesceGroupWindow[]>;
+  /** From the first member's freeze issued to the last member's freeze verified, in milliseconds. */
+  declare public readonly skewMs: pulumi.Output<number>;
+  /** The earliest member's freeze (ISO 8601 UTC). */
+  declare public readonly frozenAt: pulumi.Output<string>;
+  /** The earliest member's deadline (ISO 8601 UTC): every member is held until then at least. */
+  declare public readonly expiresAt: pulumi.Output<string>;
+  /** Every member held at the last create or refresh. */
+  declare public readonly held: pulumi.Output<boolean>;
+  /** The members, as given (secret: they carry their connections). */
+  declare public readonly members: pulumi.Output<QuiesceGroupMember[]>;
+  declare public readonly timeouts: pulumi.Output<TimeoutsArgs | undefined>;
+
+  constructor(name: string, args: QuiesceGroupArgs, opts?: pulumi.CustomResourceOptions) {
+    super(
+      groupProvider,
+      name,
+      {
+        ...args,
+        resourceName: name,
+        project: pulumi.getProject(),
+        stack: pulumi.getStack(),
+        groupId: undefined,
+        windows: undefined,
+        skewMs: undefined,
+        frozenAt: undefined,
+        expiresAt: undefined,
+        held: undefined,
+      },
+      { ...opts, additionalSecretOutputs: [...(opts?.additionalSecretOutputs ?? []), "members"] },
+      "quiesce",
+      "QuiesceGroup",
+    );
+  }
+}
+
 /** Arguments of {@link WindowRelease}. */
 export interface WindowReleaseArgs {
-  /** The window to release. */
-  window: QuiesceWindow;
+  /** The window to release. Exactly one of this and `group`. */
+  window?: QuiesceWindow;
+  /** The group to release: every member is thawed, and the release fails unless every one was held throughout. */
+  group?: QuiesceGroup;
   /** Succeed even if the window was no longer held when release ran. Default false: fail loudly. */
   allowExpired?: pulumi.Input<boolean>;
 }
@@ -214,20 +325,24 @@ export class WindowRelease extends pulumi.dynamic.Resource {
   /** `released`; `crash-consistent` for a window that froze nothing; or (with allowExpired) why nothing was thawed. */
   declare public readonly outcome: pulumi.Output<string>;
 
+  /** A group's release: each member's outcome and heldMs. */
+  declare public readonly memberOutcomes: pulumi.Output<{ name: string; outcome: string; heldMs: number }[] | undefined>;
+
   constructor(name: string, args: WindowReleaseArgs, opts?: pulumi.CustomResourceOptions) {
-    const w = args.window;
+    const on = actsOn(args, "WindowRelease");
     super(
       releaseProvider,
       name,
       {
-        ...windowTarget(w),
-        consistency: w.consistency,
+        ...on.inputs,
+        ...(args.window ? { consistency: args.window.consistency } : {}),
         allowExpired: args.allowExpired,
         heldMs: undefined,
         releasedAt: undefined,
         outcome: undefined,
+        memberOutcomes: undefined,
       },
-      afterWindow(opts, w),
+      afterWindow(opts, on.resource, on.secrets),
       "quiesce",
       "WindowRelease",
     );
@@ -236,8 +351,12 @@ export class WindowRelease extends pulumi.dynamic.Resource {
 
 /** Arguments of {@link HostSnapshot}. */
 export interface HostSnapshotArgs {
-  /** The window that must be held while `create` runs. */
-  window: QuiesceWindow;
+  /** The window that must be held while `create` runs. Exactly one of this and `group`. */
+  window?: QuiesceWindow;
+  /** A group: every member must be held while `create` runs; the commands run on `member`'s host. */
+  group?: QuiesceGroup;
+  /** With `group`: the member (by name) on whose host the commands run. */
+  member?: pulumi.Input<string>;
   /** Shell command run on the hypervisor host (over the window's connection) while the window is held. */
   create: pulumi.Input<string>;
   /** Shell command run on the host when the resource is deleted (e.g. remove the snapshot). */
@@ -270,13 +389,13 @@ export class HostSnapshot extends pulumi.dynamic.Resource {
   declare public readonly consistency: pulumi.Output<"filesystem" | "crash">;
 
   constructor(name: string, args: HostSnapshotArgs, opts?: pulumi.CustomResourceOptions) {
-    const w = args.window;
+    const on = actsOn(args, "HostSnapshot");
     super(
       hostSnapshotProvider,
       name,
       {
-        ...windowTarget(w),
-        windowConsistency: w.consistency,
+        ...on.inputs,
+        ...(args.window ? { windowConsistency: args.window.consistency } : { member: args.member }),
         create: args.create,
         delete: args.delete,
         environment: args.environment,
@@ -287,7 +406,7 @@ export class HostSnapshot extends pulumi.dynamic.Resource {
         consistency: undefined,
       },
       // The environment may carry secrets nested in its map, and the command may print them.
-      afterWindow(opts, w, ["environment", "stdout", "stderr"]),
+      afterWindow(opts, on.resource, [...on.secrets, "environment", "stdout", "stderr"]),
       "quiesce",
       "HostSnapshot",
     );
@@ -307,10 +426,21 @@ function windowTarget(w: QuiesceWindow): pulumi.Inputs {
   };
 }
 
+/** The inputs a resource takes from the window or the group it acts on (exactly one of them). */
+function actsOn(args: { window?: QuiesceWindow; group?: QuiesceGroup }, kind: string): { inputs: pulumi.Inputs; resource: pulumi.Resource; secrets: string[] } {
+  if ((args.window === undefined) === (args.group === undefined)) {
+    throw new Error(`${kind}: give exactly one of window (a QuiesceWindow) and group (a QuiesceGroup)`);
+  }
+  if (args.window) return { inputs: windowTarget(args.window), resource: args.window, secrets: [] };
+  const g = args.group as QuiesceGroup;
+  // The members carry their connections (credentials included): secret, as a window's connection is.
+  return { inputs: { groupId: g.groupId, groupMembers: g.members, groupWindows: g.windows, timeouts: g.timeouts }, resource: g, secrets: ["groupMembers"] };
+}
+
 /** Options of a resource that acts on a window: it depends on the window, and its connection output is secret. */
 function afterWindow(
   opts: pulumi.CustomResourceOptions | undefined,
-  w: QuiesceWindow,
+  w: pulumi.Resource,
   secretOutputs: string[] = [],
 ): pulumi.CustomResourceOptions {
   return {

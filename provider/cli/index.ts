@@ -19,6 +19,7 @@ import {
   type AgentTarget,
   type OnQuiesceFailure,
   type ReleaseResult,
+  type Timeouts,
 } from "../quiesce/lifecycle";
 import type { GuestFilesystem } from "../agent/commands";
 import { diskBusTarget, diskPciAddress } from "../quiesce/plan";
@@ -27,6 +28,9 @@ import { dropAllHolds, DAEMON_PROTOCOL_VERSION } from "../host/daemon";
 import { runHostCommand as runOnHost } from "../transport/hostCommand";
 import { defaultSshPool, shellQuote, type ExecResult, type SshConnectionConfig } from "../transport/ssh";
 import { packageVersion } from "../version";
+import { createGroup, releaseGroup, type GroupMember } from "../quiesce/group";
+import { GroupFileError, parseGroupFile } from "./groupFile";
+import { spawn } from "node:child_process";
 
 /** Exit code of a usage error (bad or missing options). */
 export const EXIT_USAGE = 2;
@@ -419,7 +423,219 @@ export function buildProgram(): Command {
         return { result, human: ran?.stdout.trimEnd() ?? "", exitCode: expired || commandFailed ? EXIT_FAILURE : 0 };
       }),
     );
+  addGroupCommands(program);
   return program;
+}
+
+interface GroupOptions {
+  file?: string;
+  json?: boolean;
+  timeout?: string;
+  force?: boolean;
+}
+
+/** The group file's members as the lifecycle takes them; every problem is a usage error naming the line. */
+function loadGroup(o: GroupOptions): { ttl: number; members: GroupMember[] } {
+  if (!o.file) throw new UsageError("--file GROUP.yaml is required (see quiesce group --help for its format)");
+  let text: string;
+  try {
+    text = fs.readFileSync(o.file, "utf8");
+  } catch (err) {
+    throw new UsageError(`--file ${o.file}: cannot read it (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+  }
+  let parsed;
+  try {
+    parsed = parseGroupFile(text, o.file);
+  } catch (err) {
+    if (err instanceof GroupFileError) throw new UsageError(err.message);
+    throw err;
+  }
+  const members = parsed.members.map((m): GroupMember => {
+    try {
+      return { name: m.name, target: targetFrom(m.options), mountpoints: m.mountpoints, disks: m.disks };
+    } catch (err) {
+      // The checks are the CLI's: the file's field names are its flags' (socket = --socket, knownHosts = --known-hosts).
+      if (err instanceof UsageError) throw new UsageError(`${o.file}: line ${m.line}: member ${m.name}: ${err.message}`);
+      throw err;
+    }
+  });
+  return { ttl: parsed.ttl, members };
+}
+
+function withGroupOptions(cmd: Command): Command {
+  return cmd
+    .option("--file <path>", "the group file (YAML): ttl, defaults, members")
+    .option("--timeout <seconds>", "agent timeout in seconds (default 10)")
+    .option("--json", "print exactly one JSON object on stdout");
+}
+
+/** Runs `argv` on this machine (no shell), killed with SIGKILL after `killAfterMs`; its output is collected. */
+function runLocal(argv: readonly string[], env: NodeJS.ProcessEnv, killAfterMs: number): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(argv[0], argv.slice(1), { stdio: ["ignore", "pipe", "pipe"], env });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill("SIGKILL"), Math.max(0, killAfterMs));
+    timer.unref();
+    // This process's end (a signal) ends the command too: the members are being thawed by then.
+    const stop = (): void => void child.kill("SIGKILL");
+    process.once("SIGINT", stop).once("SIGTERM", stop);
+    child.once("error", (err) => {
+      clearTimeout(timer);
+      reject(new UsageError(`cannot run ${argv[0]}: ${err.message}`));
+    });
+    child.once("close", (code, signal) => {
+      clearTimeout(timer);
+      process.off("SIGINT", stop).off("SIGTERM", stop);
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+}
+
+/** `quiesce group fsinfo|status|freeze|thaw|run --file GROUP.yaml`. */
+function addGroupCommands(program: Command): void {
+  const group = program
+    .command("group")
+    .description("several guests, on one host or several, frozen as one consistent point (--file GROUP.yaml)")
+    .addHelpText(
+      "after",
+      "\nThe group file (YAML):\n" +
+        "  ttl: 60                       # lease in seconds, every member (default 300)\n" +
+        "  defaults: { host: hv1, user: root, identity: ~/.ssh/id_ed25519, knownHosts: ~/.ssh/known_hosts }\n" +
+        "  members:\n" +
+        "    - { name: primary, socket: /var/lib/vms/db1/qga.sock, mountpoints: [/var/lib/postgresql] }\n" +
+        "    - { name: replica, host: hv2, port: 2222, socket: /var/lib/vms/db2/qga.sock }\n" +
+        "    - { name: app, domain: app1, disks: [appdata] }   # a libvirt domain\n" +
+        "Member fields are the TARGET flags: host, port, user, identity, knownHosts, hostKey, jump, leaseDir, local,\n" +
+        "one of socket / domain (with libvirtUri) / proxmoxVmid, and mountpoints, disks.",
+    );
+  const t = (o: GroupOptions): Timeouts => ({ agentSeconds: parseNumber(o.timeout, "--timeout", 0.1, 3600) });
+
+  withGroupOptions(group.command("fsinfo").description("every member's filesystems")).action(async (o: GroupOptions) =>
+    execute(o, async () => {
+      const { members } = loadGroup(o);
+      const all = await Promise.all(members.map(async (m) => ({ name: m.name, target: targetLabel(m.target), filesystems: await listFilesystems(m.target, { timeouts: t(o) }) })));
+      return { result: { members: all }, human: all.map((m) => `== ${m.name} (${m.target})\n${filesystemTable(m.filesystems)}`).join("\n") };
+    }),
+  );
+
+  withGroupOptions(group.command("status").description("every member's agent status and lease")).action(async (o: GroupOptions) =>
+    execute(o, async () => {
+      const { members } = loadGroup(o);
+      const all = await Promise.all(
+        members.map(async (m) => {
+          const r = await windowStatus(m.target, { timeouts: t(o) });
+          return { name: m.name, target: targetLabel(m.target), agentStatus: r.agentStatus, state: r.state, lease: r.lease ?? null };
+        }),
+      );
+      return {
+        result: { members: all },
+        human: all.map((m) => `${m.name}: ${m.agentStatus} (${m.state})${m.lease ? `; window ${m.lease.windowId} of ${m.lease.owner} until ${m.lease.expiresAt}` : ""}`).join("\n"),
+      };
+    }),
+  );
+
+  withGroupOptions(group.command("freeze").description("freeze every member as one point; the leases (ttl) end it, or group thaw"))
+    .addHelpText("after", "\nExample:\n  quiesce group freeze --file db.yaml --json")
+    .action(async (o: GroupOptions) =>
+      execute(o, async () => {
+        const { ttl, members } = loadGroup(o);
+        progress(`freezing ${members.map((m) => m.name).join(", ")}`);
+        // The CLI exits after freezing: only the leases (or group thaw) end the members.
+        const g = await createGroup({ members, maxDurationSeconds: ttl, thawOnDisconnect: false, owner: cliOwner(), timeouts: t(o) });
+        progress(`group ${g.groupId} frozen, skew ${g.skewMs} ms, until ${g.expiresAt}`);
+        const result = {
+          groupId: g.groupId,
+          skewMs: g.skewMs,
+          frozenAt: g.frozenAt,
+          expiresAt: g.expiresAt,
+          members: g.members.map((m) => ({ name: m.name, windowId: m.windowId, frozenMountpoints: m.frozenMountpoints, frozenAt: m.frozenAt, expiresAt: m.expiresAt, freezeMs: m.freezeMs })),
+        };
+        return { result, human: g.groupId };
+      }),
+    );
+
+  withGroupOptions(group.command("thaw").description("thaw every member the CLI froze; fails if any was not held until now"))
+    .option("--force", "break-glass: thaw whatever froze each member, owned or not")
+    .action(async (o: GroupOptions) =>
+      execute(o, async () => {
+        const { members } = loadGroup(o);
+        const all = await Promise.all(
+          members.map(async (m) => {
+            const label = targetLabel(m.target);
+            if (o.force) {
+              const r = await forceThaw(m.target, { timeouts: t(o) });
+              return { name: m.name, outcome: "force-thawed", thawedCount: r.thawedCount };
+            }
+            const status = await windowStatus(m.target, { timeouts: t(o) });
+            const lease = status.lease;
+            if (!lease) {
+              // Nothing of the CLI's holds it now: if a freeze was made, it ended before this thaw.
+              return { name: m.name, outcome: status.agentStatus === "frozen" ? "frozen-outside" : "not-held", thawedCount: 0 };
+            }
+            if (lease.owner !== `${cliOwner()}#${m.name}`) {
+              return { name: m.name, outcome: "not-owner", thawedCount: 0, owner: lease.owner, windowId: lease.windowId, message: `${label}: the freeze belongs to window ${lease.windowId} of ${lease.owner}; left alone (--force thaws it)` };
+            }
+            const r = await releaseWindow({ target: m.target, windowId: lease.windowId, timeouts: t(o) });
+            return { name: m.name, outcome: r.outcome, thawedCount: r.thawedCount, heldMs: r.heldMs, windowId: lease.windowId };
+          }),
+        );
+        const bad = all.filter((m) => m.outcome !== "released" && m.outcome !== "force-thawed");
+        for (const m of bad) progress(`member ${m.name}: ${m.outcome}${"message" in m && m.message ? `: ${m.message}` : ""}`);
+        if (bad.length) progress("a member was not held until this thaw: a snapshot taken across the group may be NOT CONSISTENT");
+        return { result: { members: all, heldThroughout: bad.length === 0 }, human: all.map((m) => `${m.name}: ${m.outcome}`).join("\n"), exitCode: bad.length ? EXIT_FAILURE : 0 };
+      }),
+    );
+
+  withGroupOptions(group.command("run").description("freeze every member, run a command on THIS machine, release; non-zero if any member was not held throughout"))
+    .argument("<command...>", "the command to run here while every member is frozen (after --); no shell")
+    .addHelpText(
+      "after",
+      "\nThe command gets QUIESCE_GROUP_ID, QUIESCE_GROUP_MEMBERS (the names, space-separated) and QUIESCE_GROUP (JSON: each\n" +
+        "member's name, window, target and frozen mount points). It is killed at the earliest lease's end.\n" +
+        "Example:\n  quiesce group run --file db.yaml -- rbd group snap create pool/db@nightly",
+    )
+    .action(async (command: string[], o: GroupOptions) =>
+      execute(o, async () => {
+        const { ttl, members } = loadGroup(o);
+        progress(`freezing ${members.map((m) => m.name).join(", ")}`);
+        const g = await createGroup({ members, maxDurationSeconds: ttl, thawOnDisconnect: true, owner: cliOwner(), timeouts: t(o) });
+        progress(`group ${g.groupId} frozen (skew ${g.skewMs} ms); running: ${command.join(" ")}`);
+        const described = g.members.map((m, i) => ({ name: m.name, windowId: m.windowId, target: targetLabel(members[i].target), frozenMountpoints: m.frozenMountpoints }));
+        const env = { ...process.env, QUIESCE_GROUP_ID: g.groupId, QUIESCE_GROUP_MEMBERS: g.members.map((m) => m.name).join(" "), QUIESCE_GROUP: JSON.stringify(described) };
+        const started = Date.now();
+        let ran: Awaited<ReturnType<typeof runLocal>> | undefined;
+        let runError: unknown;
+        try {
+          ran = await runLocal(command, env, Date.parse(g.expiresAt) - Date.now() + 1_000);
+        } catch (err) {
+          runError = err;
+        }
+        const commandMs = Date.now() - started;
+        const r = await releaseGroup(g.members.map((m, i) => ({ name: m.name, target: members[i].target, windowId: m.windowId })), { timeouts: t(o) });
+        if (runError) throw runError;
+        if (ran?.stderr) process.stderr.write(ran.stderr);
+        const notHeld = [...r.members.filter((m) => m.outcome !== "released").map((m) => `${m.name} (${m.outcome})`), ...r.failures.map((f) => `${f.member} (${f.code})`)];
+        if (notHeld.length) progress(`not held throughout: ${notHeld.join(", ")}: the snapshot may be NOT CONSISTENT`);
+        const commandFailed = ran?.code !== 0;
+        if (commandFailed) progress(`the command exited with ${ran?.code ?? ran?.signal}`);
+        const result = {
+          groupId: g.groupId,
+          skewMs: g.skewMs,
+          commandMs,
+          exitCode: ran?.code ?? null,
+          heldThroughout: r.heldThroughout,
+          members: g.members.map((m) => {
+            const rel = r.members.find((x) => x.name === m.name);
+            return { name: m.name, windowId: m.windowId, frozenMountpoints: m.frozenMountpoints, freezeMs: m.freezeMs, outcome: rel?.outcome ?? "failed", heldMs: rel?.heldMs };
+          }),
+          stdout: ran?.stdout ?? "",
+        };
+        return { result, human: ran?.stdout.trimEnd() ?? "", exitCode: !r.heldThroughout || commandFailed ? EXIT_FAILURE : 0 };
+      }),
+    );
 }
 
 /** Entry point. */

@@ -11,6 +11,8 @@ import { leaseHeld, windowStatus, type Consistency, type Timeouts } from "../qui
 import { validateHostSnapshotInputs, type InputFailure } from "../quiesce/validate";
 import { ruleMethods, type ResourceRules } from "./rules";
 import { target } from "./shared";
+import { memberConnection, memberRefs, type GroupMemberInputs } from "./group";
+import type { AgentTarget } from "../quiesce/lifecycle";
 
 /** Provider id. */
 type Id = string;
@@ -18,7 +20,14 @@ type Id = string;
 
 /** HostSnapshot inputs. */
 export interface HostSnapshotInputs {
-  readonly windowId: string;
+  /** The window it snapshots in; absent for a group's snapshot. */
+  readonly windowId?: string;
+  /** A group's snapshot (in place of windowId): the group, its members (inputs), their windows (outputs). */
+  readonly groupId?: string;
+  readonly groupMembers?: GroupMemberInputs[];
+  readonly groupWindows?: { name: string; windowId: string }[];
+  /** For a group: the member on whose host the commands run. */
+  readonly member?: string;
   readonly connection?: SshConnectionConfig;
   /** The window's agent socket; absent for a window on a libvirt domain. */
   readonly socketPath?: string;
@@ -56,7 +65,7 @@ export const HOST_OUTPUT_LIMIT = 16_384;
  * new snapshot; the delete command, the connection and the timeouts update (a removed delete command is gone).
  */
 export const HOST_SNAPSHOT_RULES: ResourceRules = {
-  replaces: ["windowId", "create", "environment"],
+  replaces: ["windowId", "groupId", "member", "create", "environment"],
   defaults: {},
   outputs: ["exitCode", "stdout", "stderr", "commandMs", "consistency"],
 };
@@ -97,13 +106,27 @@ function stderrTail(stderr: string, environment: Record<string, string> | undefi
   return tail;
 }
 
-function notHeld(inputs: HostSnapshotInputs, when: string, state: string, consequence: string): QuiesceError {
+function notHeld(inputs: HostSnapshotInputs, when: string, state: string, consequence: string, member?: string): QuiesceError {
+  const what = inputs.groupId ? `group ${inputs.groupId}: member ${member ?? "?"}'s window` : `window ${inputs.windowId}`;
   return new QuiesceError(
     "NOT_HELD",
-    `window ${inputs.windowId} is not held ${when} the snapshot command (state: ${state}); ${consequence} ` +
+    `${what} is not held ${when} the snapshot command (state: ${state}); ${consequence} ` +
       "Raise maxDurationSeconds or check who thawed the guest.",
-    { windowId: inputs.windowId, state },
+    { windowId: inputs.windowId, groupId: inputs.groupId, member, state },
   );
+}
+
+/** The windows that must hold throughout: the window's, or every member's of a group. */
+function holds(inputs: HostSnapshotInputs): { name?: string; target: AgentTarget; windowId: string }[] {
+  if (inputs.groupId) return memberRefs(inputs.groupMembers ?? [], inputs.groupWindows ?? []);
+  return [{ target: target(inputs), windowId: inputs.windowId as string }];
+}
+
+/** Where the commands run: the window's host, or the named member's of a group. */
+function hostOf(inputs: HostSnapshotInputs): { connection?: SshConnectionConfig } {
+  if (!inputs.groupId) return inputs;
+  if (!inputs.member) throw new QuiesceError("INVALID_INPUT", "a group's HostSnapshot needs member: the member on whose host its commands run", { field: "member" });
+  return { connection: memberConnection(inputs.groupMembers ?? [], inputs.member) };
 }
 
 /** Runs the create command; a non-zero exit fails with the last lines of its stderr (secrets masked). */
@@ -112,7 +135,7 @@ async function runCreate(
   options: { killAfterSeconds?: number; checkedAfter?: boolean } = {},
 ): Promise<{ r: ExecResult; started: number; commandMs: number }> {
   const started = Date.now();
-  const r = await runOnHost(inputs, inputs.create, inputs.environment, "snapshot command", { killAfterSeconds: options.killAfterSeconds });
+  const r = await runOnHost(hostOf(inputs), inputs.create, inputs.environment, "snapshot command", { killAfterSeconds: options.killAfterSeconds });
   const commandMs = Date.now() - started;
   // Killed by a signal (the host's kill at the lease end): the check after the command decides, and removes
   // whatever the command had made by then.
@@ -138,33 +161,36 @@ export async function createHostSnapshot(inputs: HostSnapshotInputs): Promise<{ 
     // The window froze nothing (onQuiesceFailure: crash-consistent): there is no hold to check, and the
     // snapshot says what it is.
     const { r, started, commandMs } = await runCreate(inputs);
-    return { id: `${inputs.windowId}-snap-${started}`, outs: { ...inputs, exitCode: 0, stdout: r.stdout, stderr: r.stderr, commandMs, consistency: "crash" } };
+    return { id: `${inputs.windowId ?? inputs.groupId}-snap-${started}`, outs: { ...inputs, exitCode: 0, stdout: r.stdout, stderr: r.stderr, commandMs, consistency: "crash" } };
   }
-  const before = await leaseHeld(target(inputs), inputs.windowId);
-  if (before.state !== "held") {
+  const windows = holds(inputs);
+  const befores = await Promise.all(windows.map((w) => leaseHeld(w.target, w.windowId)));
+  const notBefore = befores.findIndex((b) => b.state !== "held");
+  if (notBefore >= 0) {
     throw notHeld(
       inputs,
       "before",
-      before.state,
+      befores[notBefore].state,
       "nothing was run. A snapshot needs a window frozen in the same deployment: if only the snapshot is being " +
         "replaced or retried, replace its window too (put the snapshot's changing inputs in the window's `triggers`, " +
         "or `pulumi up --replace` the window).",
+      windows[notBefore].name,
     );
   }
-  // The host kills the command at the lease's end by itself: a client cut off by a network partition can end
-  // nothing, and a snapshot finished after the deadline would be taken of a thawed guest.
-  const leaseLeftSeconds = before.lease ? (Date.parse(before.lease.expiresAt) - Date.now()) / 1000 + 1 : undefined;
+  // The host kills the command at the (earliest) lease's end by itself: a client cut off by a network partition
+  // can end nothing, and a snapshot finished after the deadline would be taken of a thawed guest.
+  const ends = befores.flatMap((b) => (b.lease ? [Date.parse(b.lease.expiresAt)] : []));
+  const leaseLeftSeconds = ends.length ? (Math.min(...ends) - Date.now()) / 1000 + 1 : undefined;
   const { r, started, commandMs } = await runCreate(inputs, { killAfterSeconds: leaseLeftSeconds, checkedAfter: true });
-  const after = await windowStatus(target(inputs), {
-    windowId: inputs.windowId,
-    timeouts: inputs.timeouts,
-    vanishedSocket: "vm-gone",
-  });
-  if (after.state !== "held") {
+  const afters = await Promise.all(windows.map((w) => windowStatus(w.target, { windowId: w.windowId, timeouts: inputs.timeouts, vanishedSocket: "vm-gone" })));
+  const notAfter = afters.findIndex((a) => a.state !== "held");
+  if (notAfter >= 0) {
+    const after = afters[notAfter];
+    const member = windows[notAfter].name;
     if (!inputs.delete) {
-      throw notHeld(inputs, "after", after.state, "the snapshot it took is NOT CONSISTENT and was left on the host (no delete command): remove it.");
+      throw notHeld(inputs, "after", after.state, "the snapshot it took is NOT CONSISTENT and was left on the host (no delete command): remove it.", member);
     }
-    const d = await runOnHost(inputs, inputs.delete, inputs.environment, "snapshot delete command");
+    const d = await runOnHost(hostOf(inputs), inputs.delete, inputs.environment, "snapshot delete command");
     throw notHeld(
       inputs,
       "after",
@@ -173,12 +199,13 @@ export async function createHostSnapshot(inputs: HostSnapshotInputs): Promise<{ 
         ? "the snapshot it took was not consistent and the delete command removed it."
         : `the snapshot it took is NOT CONSISTENT, and the delete command failed (exit ${d.code}: ` +
             `${stderrTail(d.stderr, inputs.environment, 3, " | ")}): remove it by hand.`,
+      member,
     );
   }
   // Killed by a signal while the window still held: not a snapshot to keep.
   if (r.code !== 0) throw commandFailed(inputs, r);
   return {
-    id: `${inputs.windowId}-snap-${started}`,
+    id: `${inputs.windowId ?? inputs.groupId}-snap-${started}`,
     outs: { ...inputs, exitCode: 0, stdout: r.stdout, stderr: r.stderr, commandMs, consistency: "filesystem" },
   };
 }
@@ -186,7 +213,7 @@ export async function createHostSnapshot(inputs: HostSnapshotInputs): Promise<{ 
 /** delete for HostSnapshot: runs the delete command, if any. */
 export async function deleteHostSnapshot(_id: Id, props: HostSnapshotOutputs): Promise<void> {
   if (!props.delete) return;
-  const r = await runOnHost(props, props.delete, props.environment, "snapshot delete command");
+  const r = await runOnHost(hostOf(props), props.delete, props.environment, "snapshot delete command");
   if (r.code !== 0) {
     throw new QuiesceError("HOST_COMMAND_FAILED", `snapshot delete command exited with ${r.code}: ${stderrTail(r.stderr, props.environment, 5, " | ")}`, {
       exitCode: r.code,

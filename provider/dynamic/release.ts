@@ -8,13 +8,20 @@ import { releaseWindow, type Consistency, type Timeouts } from "../quiesce/lifec
 import { validateReleaseInputs, type InputFailure } from "../quiesce/validate";
 import { ruleMethods, type ResourceRules } from "./rules";
 import { describeOutcome, note, target } from "./shared";
+import { releaseGroup } from "../quiesce/group";
+import { memberRefs, type GroupMemberInputs } from "./group";
 
 /** Provider id. */
 type Id = string;
 
 /** WindowRelease inputs. */
 export interface ReleaseInputs {
-  readonly windowId: string;
+  /** The window released; absent for a group's release. */
+  readonly windowId?: string;
+  /** A group's release (in place of windowId): the group, its members (inputs) and their windows (outputs). */
+  readonly groupId?: string;
+  readonly groupMembers?: GroupMemberInputs[];
+  readonly groupWindows?: { name: string; windowId: string }[];
   readonly connection?: SshConnectionConfig;
   /** The window's agent socket; absent for a window on a libvirt domain. */
   readonly socketPath?: string;
@@ -31,9 +38,13 @@ export interface ReleaseInputs {
 
 /** WindowRelease outputs. */
 export interface ReleaseOutputs extends ReleaseInputs {
+  /** How long the freeze was held, in ms (for a group: its shortest-held member's). */
   readonly heldMs: number;
   readonly releasedAt: string;
+  /** `released`, or what the release found instead (for a group: `released` only if every member was). */
   readonly outcome: string;
+  /** A group's release: each member's outcome and heldMs. */
+  readonly memberOutcomes?: { name: string; outcome: string; heldMs: number }[];
 }
 
 /**
@@ -42,9 +53,9 @@ export interface ReleaseOutputs extends ReleaseInputs {
  * against a window released long ago, which then fails.
  */
 export const RELEASE_RULES: ResourceRules = {
-  replaces: ["windowId"],
+  replaces: ["windowId", "groupId"],
   defaults: { allowExpired: false },
-  outputs: ["heldMs", "releasedAt", "outcome"],
+  outputs: ["heldMs", "releasedAt", "outcome", "memberOutcomes"],
 };
 
 const releaseMethods = ruleMethods<ReleaseInputs, ReleaseOutputs>(RELEASE_RULES);
@@ -62,13 +73,14 @@ export async function checkRelease(_olds: unknown, news: ReleaseInputs): Promise
 
 /** create for WindowRelease: thaws under the ownership rule; fails if the window was no longer held. */
 export async function createRelease(inputs: ReleaseInputs): Promise<{ id: Id; outs: ReleaseOutputs }> {
+  if (inputs.groupId) return releaseGroupResource(inputs, inputs.groupId);
   if (inputs.consistency === "crash") {
     // Nothing was frozen, so nothing is thawed: touching the guest could only thaw someone else's freeze.
     return { id: `${inputs.windowId}-release`, outs: { ...inputs, heldMs: 0, releasedAt: new Date().toISOString(), outcome: "crash-consistent" } };
   }
   const r = await releaseWindow({
     target: target(inputs),
-    windowId: inputs.windowId,
+    windowId: inputs.windowId as string,
     timeouts: inputs.timeouts,
     vanishedSocket: "vm-gone",
   });
@@ -92,4 +104,30 @@ export async function createRelease(inputs: ReleaseInputs): Promise<{ id: Id; ou
 /** delete for WindowRelease: a release has nothing to undo. */
 export async function deleteRelease(): Promise<void> {
   return undefined;
+}
+
+/** A group's release: thaws every member, reports each, and fails unless every member was held throughout. */
+async function releaseGroupResource(inputs: ReleaseInputs, groupId: string): Promise<{ id: Id; outs: ReleaseOutputs }> {
+  const r = await releaseGroup(memberRefs(inputs.groupMembers ?? [], inputs.groupWindows ?? []), { timeouts: inputs.timeouts, vanishedSocket: "vm-gone" });
+  const memberOutcomes = [
+    ...r.members.map((m) => ({ name: m.name, outcome: m.outcome, heldMs: m.heldMs ?? 0 })),
+    ...r.failures.map((f) => ({ name: f.member, outcome: `failed: ${f.code}`, heldMs: 0 })),
+  ];
+  if (r.failures.length > 0 || (!r.heldThroughout && !inputs.allowExpired)) {
+    const bad = memberOutcomes.filter((m) => m.outcome !== "released");
+    throw new QuiesceError(
+      r.failures.length > 0 ? "GROUP_FAILED" : "GROUP_NOT_HELD",
+      `group ${groupId}: ${bad.map((m) => {
+        const failed = r.failures.find((f) => f.member === m.name);
+        return `member ${m.name} ${failed ? `could not be released: ${failed.message}` : `was not held throughout: ${describeOutcome(m.outcome, r.members.find((x) => x.name === m.name)?.lease?.owner)}`}`;
+      }).join("; ")}. SNAPSHOTS THAT DEPEND ON THIS GROUP MAY BE INCONSISTENT` +
+        (r.failures.length > 0 ? " (and a member may still be frozen until its deadline)." : ". Set allowExpired if that is acceptable."),
+      { groupId, members: memberOutcomes },
+    );
+  }
+  const heldMs = Math.min(...memberOutcomes.map((m) => m.heldMs));
+  return {
+    id: `${groupId}-release`,
+    outs: { ...inputs, heldMs, releasedAt: new Date().toISOString(), outcome: r.heldThroughout ? "released" : "expired", memberOutcomes },
+  };
 }

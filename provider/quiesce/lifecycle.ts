@@ -113,6 +113,12 @@ export interface LifecycleDeps {
    * step just done, and the relay stream in use then, if any. Default none.
    */
   readonly onStep?: (step: CreateStep, io: { readonly relay?: Duplex; readonly daemon: DaemonClient }) => void | Promise<void>;
+  /**
+   * Awaited once the selection is planned, right before the lease is armed and the freeze sent: a group's barrier
+   * (every member preflighted, claimed and planned before any is frozen). A rejection fails the create with the
+   * claim withdrawn, the guest untouched. Default none.
+   */
+  readonly beforeFreeze?: () => Promise<void>;
 }
 
 /** The step boundaries of a create, in order (see {@link LifecycleDeps.onStep}). */
@@ -753,6 +759,9 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
     // Only the freeze command this plan uses must be enabled.
     requireEnabled([plan.all ? "guest-fsfreeze-freeze" : "guest-fsfreeze-freeze-list"]);
     await step("planned");
+    // A group's barrier: every member planned before any is armed and frozen (a broken barrier leaves this claim
+    // unarmed, so it is withdrawn without touching the guest).
+    if (deps.beforeFreeze) await deps.beforeFreeze();
     // 6. Arm the lease: from the daemon's answer on, its end thaws (before, nothing of ours can be frozen, and an
     //    end only withdraws the claim). The deadline is on the host's clock, from now.
     const armedRecord = toLease(
@@ -839,6 +848,16 @@ async function freezeWindow(request: CreateWindowRequest, deps: LifecycleDeps, w
     channel?.close();
     throw await abandonClaim(daemon, windowId, label, armed, err, t);
   }
+}
+
+/**
+ * Makes a held window outlive this process (as `thawOnDisconnect: false` does at create): only its deadline, or a
+ * release, ends it from now on. A group holds its members this way until every one is frozen.
+ */
+export async function detachWindow(target: AgentTarget, windowId: string, deps: LifecycleDeps = {}, signal?: AbortSignal): Promise<void> {
+  const daemon = daemonOf(target, deps);
+  await daemon.request("unhold", { windowId }, { signal });
+  daemon.forget(windowId);
 }
 
 /**

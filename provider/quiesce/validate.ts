@@ -211,8 +211,15 @@ function validateWindowReach(inputs: Record<string, unknown>): InputFailure[] {
 function validateWindowReference(inputs: Record<string, unknown>): InputFailure[] {
   const failures: InputFailure[] = [];
   const windowId = inputs.windowId;
-  if (!unknown(windowId) && (typeof windowId !== "string" || windowId === "")) {
-    failures.push({ property: "window", reason: "window is required: the QuiesceWindow this resource acts on" });
+  if (present(inputs.groupId)) {
+    // A group's: its members name their windows and guests.
+    const members = inputs.groupMembers;
+    if (!unknown(members) && (!Array.isArray(members) || members.length === 0)) {
+      failures.push({ property: "group", reason: "group is required: the QuiesceGroup this resource acts on (its members were not passed)" });
+    }
+    if (present(windowId)) failures.push({ property: "window", reason: "give either window or group, not both" });
+  } else if (!unknown(windowId) && (typeof windowId !== "string" || windowId === "")) {
+    failures.push({ property: "window", reason: "window (a QuiesceWindow) or group (a QuiesceGroup) is required: what this resource acts on" });
   }
   failures.push(...validateWindowReach(inputs));
   return failures;
@@ -251,5 +258,51 @@ export function validateHostSnapshotInputs(inputs: Record<string, unknown>): Inp
       }
     }
   }
+  return failures;
+}
+
+/** The fields a group member takes: a name, a target (as a window's), and a selection. */
+export const GROUP_MEMBER_FIELDS = ["name", "connection", "socketPath", "proxmox", "domain", "libvirtUri", "leaseDir", "mountpoints", "disks"] as const;
+
+/**
+ * Validates QuiesceGroup inputs: a non-empty list of members, each with a unique name, exactly one target and a
+ * valid selection (checked as a window's, with `members[i].` before each property), and the group's lease.
+ */
+export function validateGroupInputs(inputs: Record<string, unknown>): InputFailure[] {
+  const failures: InputFailure[] = [];
+  const members = inputs.members;
+  if (!unknown(members)) {
+    if (!Array.isArray(members) || members.length === 0) {
+      failures.push({ property: "members", reason: "members must be a non-empty list of { name, socketPath | domain | proxmox, connection?, mountpoints?, disks? }" });
+    } else {
+      const names = new Map<string, number>();
+      members.forEach((m: unknown, i: number) => {
+        const at = `members[${i}]`;
+        if (unknown(m)) return;
+        if (typeof m !== "object" || m === null || Array.isArray(m)) {
+          failures.push({ property: at, reason: `${at} must be an object { name, socketPath | domain | proxmox, ... }` });
+          return;
+        }
+        const member = m as Record<string, unknown>;
+        const name = member.name;
+        if (!unknown(name)) {
+          if (typeof name !== "string" || name.trim() === "") failures.push({ property: `${at}.name`, reason: `${at}.name is required: a name for the member, unique in the group` });
+          else if (names.has(name)) failures.push({ property: `${at}.name`, reason: `member name ${JSON.stringify(name)} is used twice (members[${names.get(name)}] and ${at}): names must be unique` });
+          else names.set(name, i);
+        }
+        for (const key of Object.keys(member)) {
+          if (!(GROUP_MEMBER_FIELDS as readonly string[]).includes(key)) {
+            failures.push({ property: `${at}.${key}`, reason: `${at}: unknown field ${JSON.stringify(key)}; a member takes ${GROUP_MEMBER_FIELDS.join(", ")}` });
+          }
+        }
+        const { name: _name, ...window } = member;
+        const label = typeof name === "string" && name ? `member ${name}: ` : "";
+        for (const f of validateWindowInputs(window)) failures.push({ property: `${at}.${f.property}`, reason: `${label}${f.reason}` });
+      });
+    }
+  }
+  // The group's own keys, checked as a window's (with a stand-in target, whose checks are the members').
+  const own = validateWindowInputs({ socketPath: "/", maxDurationSeconds: inputs.maxDurationSeconds, thawOnDisconnect: inputs.thawOnDisconnect, timeouts: inputs.timeouts });
+  failures.push(...own);
   return failures;
 }

@@ -39,7 +39,7 @@ test("environment values reach the command verbatim, never as shell code", async
 
 test("refuses to run when the window is no longer held", async () => {
   const inputs = await window();
-  await releaseWindow({ target: { socketPath: agent.socketPath, leaseDir }, windowId: inputs.windowId });
+  await releaseWindow({ target: { socketPath: agent.socketPath, leaseDir }, windowId: inputs.windowId as string });
   const err = await createHostSnapshot({ ...inputs, create: "echo should-not-run" }).catch((e: unknown) => e);
   expect(isQuiesceError(err, "NOT_HELD")).toBe(true);
   expect((err as Error).message).toMatch(/not held before the snapshot command \(state: released\); nothing was run/);
