@@ -10,6 +10,7 @@ import { benchFanout, type FanoutResult } from "./fanout";
 import { benchPulumi, type PulumiResult } from "./pulumi";
 import { benchSingleWindow, type SingleWindowResult } from "./single";
 import { benchLibvirt, type LibvirtResult } from "./libvirt";
+import { benchGroup, type GroupResult } from "./group";
 import { evaluateTargets, type TargetCheck } from "./targets";
 
 /** What to run, and how much. */
@@ -32,6 +33,10 @@ export interface BenchOptions {
   readonly load: boolean;
   /** Fake agents' freeze latency, in ms. Default 30. */
   readonly freezeDelayMs: number;
+  /** Part 5: members of the group, hosts they are spread over, repetitions. Default 200, 4, 3. */
+  readonly groupMembers: number;
+  readonly groupHosts: number;
+  readonly groupReps: number;
   /** True for the tiny smoke-size run. */
   readonly smoke: boolean;
 }
@@ -47,6 +52,9 @@ export const DEFAULT_OPTIONS: BenchOptions = {
   altSleepMs: 200,
   load: false,
   freezeDelayMs: 30,
+  groupMembers: 200,
+  groupHosts: 4,
+  groupReps: 3,
   smoke: false,
 };
 
@@ -62,6 +70,8 @@ export const SMOKE_OPTIONS: BenchOptions = {
   // The alternative's socat pipeline waits a fixed time for each reply; on a loaded CI machine 200 ms is too
   // short for a freeze, and the smoke run checks behaviour, not speed.
   altSleepMs: 1500,
+  groupMembers: 8,
+  groupReps: 1,
   smoke: true,
 };
 
@@ -84,6 +94,8 @@ export interface BenchResults {
   readonly pulumi: PulumiResult;
   /** Part 4: a libvirt domain (absent in results written before it existed). */
   readonly libvirt?: LibvirtResult;
+  /** Part 5: a group of fake agents across several hosts (absent in results written before it existed). */
+  readonly group?: GroupResult;
   readonly targets: readonly TargetCheck[];
 }
 
@@ -114,6 +126,7 @@ export async function runBench(options: BenchOptions, log: Log = stderrLog): Pro
     freezeDelayMs: options.freezeDelayMs,
     log,
   });
+  const group = await benchGroup({ members: options.groupMembers, hosts: options.groupHosts, reps: options.groupReps, freezeDelayMs: options.freezeDelayMs, log });
   const cpus = os.cpus();
   return {
     meta: {
@@ -131,6 +144,7 @@ export async function runBench(options: BenchOptions, log: Log = stderrLog): Pro
     fanout,
     pulumi,
     libvirt,
-    targets: evaluateTargets(single, fanout, pulumi, libvirt),
+    group,
+    targets: evaluateTargets(single, fanout, pulumi, libvirt, group),
   };
 }

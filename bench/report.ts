@@ -193,6 +193,23 @@ function libvirtSection(r: BenchResults): string {
   ].join("\n");
 }
 
+function groupSection(r: BenchResults): string {
+  const g = r.group;
+  if (!g) return "";
+  return [
+    "### A group across hosts",
+    "",
+    `${g.members} fake agents (each freeze ${r.meta.options.freezeDelayMs} ms) behind ${g.hosts} lab sshd hosts, frozen as one QuiesceGroup (createGroup: ` +
+      "every member claimed and planned, then every freeze at once, each verified), then released; a new SSH pool each run.",
+    "",
+    table(
+      ["runs", "create (connect included)", "skew", "release", "SSH connections", "failed members"],
+      ["r", "r", "r", "r", "r", "r"],
+      [[String(g.reps), cell(g.createMs), `**${cell(g.skewMs)}**`, cell(g.releaseMs), String(g.connections), String(g.failedMembers)]],
+    ),
+  ].join("\n");
+}
+
 function targetsSection(r: BenchResults): string {
   return [
     "### Targets",
@@ -222,6 +239,7 @@ export function renderMarkdown(r: BenchResults, notes: readonly string[]): strin
     pulumiSection(r),
     "",
     ...(r.libvirt ? [libvirtSection(r), ""] : []),
+    ...(r.group ? [groupSection(r), ""] : []),
     targetsSection(r),
     ...(notes.length ? ["", "### Notes", "", ...notes.map((n) => `- ${n}`)] : []),
     "",

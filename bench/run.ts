@@ -9,6 +9,8 @@
  *   --per-guest-reps N    part 2 repetitions with a connection per guest (BENCH_PER_GUEST_REPS, default 2)
  *   --per-guest-max N     connection-per-guest runs only up to this N (BENCH_PER_GUEST_MAX, default 500)
  *   --pulumi-runs N       part 3 runs (BENCH_PULUMI_RUNS, default 5)
+ *   --group-members N     part 5 group size (BENCH_GROUP_MEMBERS, default 200), over --group-hosts N hosts (default 4)
+ *   --group-reps N        part 5 repetitions (BENCH_GROUP_REPS, default 3)
  *   --sleep-ms N          the alternative's keep-stdin-open wait (BENCH_SLEEP_MS, default 200)
  *   --load                run the lab guest's write load (BENCH_LOAD=1)
  *   --smoke               tiny sizes (BENCH_SMOKE=1); explicit options still apply on top
@@ -40,6 +42,9 @@ export function parseOptions(argv: readonly string[], env: NodeJS.ProcessEnv): B
     ["--per-guest-max", "BENCH_PER_GUEST_MAX", "perGuestMaxN", 0],
     ["--pulumi-runs", "BENCH_PULUMI_RUNS", "pulumiRuns", 1],
     ["--sleep-ms", "BENCH_SLEEP_MS", "altSleepMs", 1],
+    ["--group-members", "BENCH_GROUP_MEMBERS", "groupMembers", 1],
+    ["--group-hosts", "BENCH_GROUP_HOSTS", "groupHosts", 1],
+    ["--group-reps", "BENCH_GROUP_REPS", "groupReps", 1],
   ];
   const valueOf = (flag: string, variable: string): string | undefined => {
     const i = argv.indexOf(flag);

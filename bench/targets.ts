@@ -3,6 +3,7 @@ import type { FanoutResult } from "./fanout";
 import type { PulumiResult } from "./pulumi";
 import type { SingleWindowResult } from "./single";
 import type { LibvirtResult } from "./libvirt";
+import type { GroupResult } from "./group";
 import { ms, ratio } from "./stats";
 
 /** One target and how the run did against it. */
@@ -49,7 +50,7 @@ const count = (v: number): string => String(v);
  * Checks every target the run has figures for. Fan-out targets are checked at N = 200, and for failures at N = 1000,
  * when those sizes were run.
  */
-export function evaluateTargets(single: SingleWindowResult, fanout: FanoutResult, pulumi?: PulumiResult, libvirt?: LibvirtResult): TargetCheck[] {
+export function evaluateTargets(single: SingleWindowResult, fanout: FanoutResult, pulumi?: PulumiResult, libvirt?: LibvirtResult, group?: GroupResult): TargetCheck[] {
   const raw = single.totals.raw.median;
   const warm = single.totals.oursWarm.median;
   const checks: TargetCheck[] = [
@@ -96,6 +97,14 @@ export function evaluateTargets(single: SingleWindowResult, fanout: FanoutResult
         libvirt.frozenBeyond.socketWarm.median + 5,
         inMs,
       ),
+    );
+  }
+  if (group) {
+    const n = `${group.members} fake agents across ${group.hosts} hosts`;
+    checks.push(
+      check("group.skew", `a group of ${n}: skew (first freeze issued to last freeze verified) ≤ 25 ms`, group.skewMs.median, "≤", 25, inMs),
+      check("group.connections", `a group of ${n}: SSH connections = hosts (${group.hosts})`, group.connections, "=", group.hosts, count),
+      check("group.failures", `a group of ${n}: every member frozen and released (failed members = 0)`, group.failedMembers, "=", 0, count),
     );
   }
   return checks;

@@ -76,6 +76,13 @@ test("the Pulumi stand-in run reports frozen time, command time and their differ
   expect(pulumi.overheadMs.median).toBeCloseTo(pulumi.heldMs.median - pulumi.commandMs.median, 6);
 });
 
+test("part 5 freezes the whole group with one SSH connection per host, and no member fails", () => {
+  const g = results.group;
+  expect(g?.connections).toBe(SMOKE_OPTIONS.groupHosts);
+  expect(g?.failedMembers).toBe(0);
+  expect(g?.skewMs.n).toBe(SMOKE_OPTIONS.groupReps);
+});
+
 test("part 4 measures every libvirt variant in every repetition, each freeze verified and thawed", () => {
   const l = results.libvirt;
   expect(l).toBeDefined();
@@ -94,13 +101,16 @@ test("the report has every section, a verdict per target, and notes", () => {
     "pulumi.overhead",
     "libvirt.warm-vs-qemu+ssh",
     "libvirt.frozen-beyond-vs-socket",
+    "group.skew",
+    "group.connections",
+    "group.failures",
   ]);
   for (const t of results.targets) {
     expect(Number.isFinite(t.measured)).toBe(true);
     expect(t.met || typeof t.missedBy === "string").toBe(true);
   }
   const markdown = renderMarkdown(results, buildNotes(results));
-  for (const heading of ["### One window against the lab guest", "### Fan-out", "### Window overhead under the Pulumi stand-in", "### A libvirt domain", "### Targets", "### Notes"]) {
+  for (const heading of ["### One window against the lab guest", "### Fan-out", "### Window overhead under the Pulumi stand-in", "### A libvirt domain", "### A group across hosts", "### Targets", "### Notes"]) {
     expect(markdown).toContain(heading);
   }
   expect(markdown).not.toMatch(/NaN|undefined|n\/a/);

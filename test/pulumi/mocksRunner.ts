@@ -759,7 +759,10 @@ function withoutProvider(props: PropertyMap): PropertyMap {
 
 /** Deep-copies plain data into this realm (provider code runs in Node's main realm, not jest's sandbox). */
 function clonePlain<T>(value: T): T {
-  if (Array.isArray(value)) return value.map((v: unknown) => clonePlain(v)) as T;
+  // Array.from, not map: map builds its result with the source array's own constructor (the provider's realm), and
+  // the SDK (in this realm) serializes an array of another realm as an object keyed "0", "1"... (found when one
+  // resource's array output was another's input).
+  if (Array.isArray(value)) return Array.from(value as unknown[], (v: unknown) => clonePlain(v)) as T;
   if (isRecord(value)) {
     const out: PropertyMap = {};
     for (const [k, v] of Object.entries(value)) out[k] = clonePlain(v);
