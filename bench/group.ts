@@ -20,6 +20,9 @@ export interface GroupResult {
   readonly reps: number;
   readonly createMs: Figure;
   readonly skewMs: Figure;
+  /** Spread of the moments the freezes were sent (first to last), and of the moments they were verified. */
+  readonly issueSpreadMs: Figure;
+  readonly verifySpreadMs: Figure;
   readonly releaseMs: Figure;
   /** SSH connections made per run (the most seen in any run). */
   readonly connections: number;
@@ -57,6 +60,9 @@ export async function benchGroup(options: { members: number; hosts: number; reps
         failedMembers += r.failures.length + r.members.filter((m) => m.outcome !== "released").length;
         samples.add("createMs", createMs);
         samples.add("skewMs", g.skewMs);
+        const spread = (xs: number[]): number => Math.max(...xs) - Math.min(...xs);
+        samples.add("issueSpreadMs", spread(g.members.map((m) => m.freezeIssuedAtMs)));
+        samples.add("verifySpreadMs", spread(g.members.map((m) => m.verifiedAtMs)));
         samples.add("releaseMs", releaseMs);
         connections = Math.max(connections, pool.connectionsMade);
       } finally {
@@ -69,6 +75,8 @@ export async function benchGroup(options: { members: number; hosts: number; reps
       reps: options.reps,
       createMs: samples.figure("createMs"),
       skewMs: samples.figure("skewMs"),
+      issueSpreadMs: samples.figure("issueSpreadMs"),
+      verifySpreadMs: samples.figure("verifySpreadMs"),
       releaseMs: samples.figure("releaseMs"),
       connections,
       failedMembers,

@@ -94,5 +94,14 @@ export function buildNotes(r: BenchResults): string[] {
         `starts while the guest is frozen (a virsh domfsthaw on the host took ${ms(l.frozenBeyond.localVirsh.median)} ms).`,
     );
   }
+  const g = r.group;
+  if (g && missed("group.skew")) {
+    notes.push(
+      `The group's skew is measured from the first member's freeze sent to the last member's freeze verified, so it includes a freeze itself ` +
+        `(the fake agents take ${r.meta.options.freezeDelayMs} ms each) and the verifying status: ${ms(g.skewMs.median)} ms at ${g.members} members, with the ` +
+        `freezes sent over ${ms(g.issueSpreadMs.median)} ms and verified over ${ms(g.verifySpreadMs.median)} ms. Every member's relay and status go ` +
+        `through its host's one daemon process and one sshd process, and all ${g.members} fake agents run in one process, on 2 cores.`,
+    );
+  }
   return notes;
 }

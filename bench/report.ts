@@ -203,9 +203,9 @@ function groupSection(r: BenchResults): string {
       "every member claimed and planned, then every freeze at once, each verified), then released; a new SSH pool each run.",
     "",
     table(
-      ["runs", "create (connect included)", "skew", "release", "SSH connections", "failed members"],
-      ["r", "r", "r", "r", "r", "r"],
-      [[String(g.reps), cell(g.createMs), `**${cell(g.skewMs)}**`, cell(g.releaseMs), String(g.connections), String(g.failedMembers)]],
+      ["runs", "create (connect included)", "skew (first sent → last verified)", "freezes sent over", "verified over", "release", "SSH connections", "failed members"],
+      ["r", "r", "r", "r", "r", "r", "r", "r"],
+      [[String(g.reps), cell(g.createMs), `**${cell(g.skewMs)}**`, cell(g.issueSpreadMs), cell(g.verifySpreadMs), cell(g.releaseMs), String(g.connections), String(g.failedMembers)]],
     ),
   ].join("\n");
 }

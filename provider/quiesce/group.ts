@@ -130,7 +130,11 @@ export async function createGroup(
   checkMembers(request.members);
   const groupId = `qg-${randomBytes(8).toString("hex")}`;
   const owner = request.owner ?? "pulumi-quiesce";
+  // Two barriers: every member planned before any is armed (a break then leaves every claim unarmed, withdrawn
+  // without touching a guest), and every member armed before any freeze is sent (so the freezes go out together,
+  // and the skew does not carry the arm's round trip).
   const barrier = new Barrier(request.members.length);
+  const armedBarrier = new Barrier(request.members.length);
   const issued = new Map<string, number>();
   const verified = new Map<string, number>();
   const outcomes = await Promise.allSettled(
@@ -152,7 +156,10 @@ export async function createGroup(
           ...deps,
           ...own,
           onStep: async (step, io) => {
-            if (step === "armed") issued.set(m.name, Date.now()); // the freeze is sent next
+            if (step === "armed") {
+              await armedBarrier.arrive();
+              issued.set(m.name, Date.now()); // the freeze is sent next
+            }
             if (step === "verified") verified.set(m.name, Date.now());
             await own.onStep?.(step, io);
             await deps.onStep?.(step, io);
@@ -160,8 +167,10 @@ export async function createGroup(
           beforeFreeze: () => barrier.arrive(),
         });
       } catch (err) {
-        // A member that fails before the barrier stops the others there: nothing is frozen yet.
-        barrier.break(new QuiesceError("GROUP_FAILED", `member ${m.name} failed before the freeze; nothing was frozen`, { member: m.name }, { cause: err }));
+        // A member that fails before a barrier stops the others there: nothing is frozen yet.
+        const stop = new QuiesceError("GROUP_FAILED", `member ${m.name} failed before the freeze; nothing was frozen`, { member: m.name }, { cause: err });
+        barrier.break(stop);
+        armedBarrier.break(stop);
         throw err;
       }
     }),
