@@ -64,17 +64,16 @@ export const GROUP_RULES: ResourceRules = {
   replaces: ["members", "maxDurationSeconds", "thawOnDisconnect", "triggers"],
   defaults: { maxDurationSeconds: 300, thawOnDisconnect: true },
   outputs: ["groupId", "windows", "skewMs", "frozenAt", "expiresAt", "held"],
-  normalize: (props) =>
-    Array.isArray(props.members)
-      ? {
-          ...props,
-          members: (props.members as Record<string, unknown>[]).map((m) =>
-            m && typeof m === "object" && m.connection && typeof m.connection === "object"
-              ? { ...m, connection: Object.fromEntries(Object.entries(m.connection as Record<string, unknown>).filter(([k]) => !CREDENTIALS.includes(k))) }
+  replaceOn: {
+    members: (members) =>
+      Array.isArray(members)
+        ? members.map((m: unknown) =>
+            m !== null && typeof m === "object" && (m as Record<string, unknown>).connection && typeof (m as Record<string, unknown>).connection === "object"
+              ? { ...(m as Record<string, unknown>), connection: Object.fromEntries(Object.entries((m as { connection: Record<string, unknown> }).connection).filter(([k]) => !CREDENTIALS.includes(k))) }
               : m,
-          ),
-        }
-      : props,
+          )
+        : members,
+  },
 };
 
 const groupMethods = ruleMethods<GroupInputs, GroupOutputs>(GROUP_RULES);

@@ -19,6 +19,11 @@ export interface ResourceRules {
   readonly defaults: Readonly<Record<string, unknown>>;
   /** Output keys computed by create (not inputs): they survive an update. */
   readonly outputs: readonly string[];
+  /**
+   * For a replacing key: the part of its value that decides a replace (the group's members without their
+   * credentials); a change in the rest is an update. Default: the whole value.
+   */
+  readonly replaceOn?: Readonly<Record<string, (value: unknown) => unknown>>;
   /** Derives inputs that are spelled more than one way (a Proxmox VMID is a socket path), before comparing. */
   readonly normalize?: (props: Readonly<Record<string, unknown>>) => Readonly<Record<string, unknown>>;
 }
@@ -65,12 +70,19 @@ function inputKeys(props: Readonly<Record<string, unknown>>, rules: ResourceRule
 function diffByRules(rules: ResourceRules, oldProps: Readonly<Record<string, unknown>>, newProps: Readonly<Record<string, unknown>>): DiffResult {
   const olds = rules.normalize ? rules.normalize(oldProps) : oldProps;
   const news = rules.normalize ? rules.normalize(newProps) : newProps;
-  const replaces = rules.replaces.filter((path) => !same(valueAt(olds, path, rules.defaults), valueAt(news, path, rules.defaults)));
+  const decides = (path: string, value: unknown): unknown => (rules.replaceOn?.[path] ? rules.replaceOn[path](value) : value);
+  const replaces = rules.replaces.filter(
+    (path) => !same(decides(path, valueAt(olds, path, rules.defaults)), decides(path, valueAt(news, path, rules.defaults))),
+  );
   const covered = (key: string): boolean => rules.replaces.includes(key);
   const keys = new Set([...inputKeys(olds, rules), ...inputKeys(news, rules)]);
   let updates = 0;
   for (const key of keys) {
-    if (covered(key)) continue;
+    if (covered(key)) {
+      // A replacing key whose deciding part is the same may still have changed in the rest: an update.
+      if (!replaces.includes(key) && !same(valueAt(olds, key, rules.defaults), valueAt(news, key, rules.defaults))) updates++;
+      continue;
+    }
     const nested = rules.replaces.filter((p) => p.startsWith(`${key}.`));
     if (nested.length > 0) {
       // A nested object with replacing keys (the connection): its other keys update, and its presence replaces.
