@@ -139,19 +139,19 @@ export async function createGroup(
   const verified = new Map<string, number>();
   const outcomes = await Promise.allSettled(
     request.members.map(async (m): Promise<WindowInfo> => {
-      const own = deps.memberDeps?.(m.name) ?? {};
-      const windowRequest: CreateWindowRequest = {
-        target: m.target,
-        mountpoints: m.mountpoints,
-        disks: m.disks,
-        maxDurationSeconds: request.maxDurationSeconds,
-        // Held by this process until every member is frozen, whatever the group asks: a failure must thaw all.
-        thawOnDisconnect: true,
-        owner: `${owner}#${m.name}`,
-        timeouts: request.timeouts,
-        signal: request.signal,
-      };
       try {
+        const own = deps.memberDeps?.(m.name) ?? {};
+        const windowRequest: CreateWindowRequest = {
+          target: m.target,
+          mountpoints: m.mountpoints,
+          disks: m.disks,
+          maxDurationSeconds: request.maxDurationSeconds,
+          // Held by this process until every member is frozen, whatever the group asks: a failure must thaw all.
+          thawOnDisconnect: true,
+          owner: `${owner}#${m.name}`,
+          timeouts: request.timeouts,
+          signal: request.signal,
+        };
         return await createWindow(windowRequest, {
           ...deps,
           ...own,
@@ -168,7 +168,7 @@ export async function createGroup(
         });
       } catch (err) {
         // A member that fails before a barrier stops the others there: nothing is frozen yet.
-        const stop = new QuiesceError("GROUP_FAILED", `member ${m.name} failed before the freeze; nothing was frozen`, { member: m.name }, { cause: err });
+        const stop = new QuiesceError("GROUP_FAILED", `member ${m.name} failed before the freeze; nothing was frozen`, { member: m.name, stoppedBy: m.name }, { cause: err });
         barrier.break(stop);
         armedBarrier.break(stop);
         throw err;
@@ -176,33 +176,48 @@ export async function createGroup(
     }),
   );
   const failures: MemberFailure[] = [];
+  const unconfirmed: MemberFailure[] = [];
   outcomes.forEach((o, i) => {
-    if (o.status === "rejected") {
-      // Members stopped at a broken barrier are not failures of their own.
-      const err = o.reason as unknown;
-      if (!(isQuiesceError(err, "GROUP_FAILED") && err.fields.member !== request.members[i].name)) failures.push(failureOf(request.members[i].name, err));
-    }
+    if (o.status !== "rejected") return;
+    const name = request.members[i].name;
+    const err = o.reason as unknown;
+    // A member stopped at a broken barrier is not a failure of its own, unless its own cleanup could not be
+    // confirmed (it was armed, between the barriers): then it is named, as possibly frozen.
+    const stopped = isQuiesceError(err) && err.fields.stoppedBy !== undefined && err.fields.stoppedBy !== name;
+    if (isQuiesceError(err) && err.fields.mayBeFrozen === true) unconfirmed.push(failureOf(name, err));
+    else if (!stopped) failures.push(failureOf(name, err));
   });
   const held = outcomes.flatMap((o, i) => (o.status === "fulfilled" ? [{ member: request.members[i], info: o.value }] : []));
-  if (failures.length > 0) {
-    // Thaw every member that froze, then fail naming each member that failed.
+  if (failures.length === 0 && unconfirmed.length === 0 && !(request.thawOnDisconnect ?? true)) {
+    // Every member is frozen: from now on only the deadlines, or a release, end them. If any member cannot be let
+    // go, the group fails like any other: every member is thawed.
+    const detached = await Promise.allSettled(held.map(({ member, info }) => detachWindow(member.target, info.windowId, deps, request.signal)));
+    detached.forEach((d, i) => {
+      if (d.status === "rejected") failures.push(failureOf(held[i].member.name, new QuiesceError("GROUP_FAILED", `frozen, but could not be handed to its host daemon's lease alone (${(d.reason as Error).message})`, { member: held[i].member.name }, { cause: d.reason })));
+    });
+  }
+  if (failures.length > 0 || unconfirmed.length > 0) {
+    // Thaw every member that froze (each only if its record is still its window's), then fail naming each member.
     const thaws = await Promise.allSettled(held.map(({ member, info }) => releaseWindow({ target: member.target, windowId: info.windowId, timeouts: request.timeouts }, deps)));
-    const notThawed = thaws.flatMap((t, i) => (t.status === "rejected" ? [failureOf(held[i].member.name, t.reason)] : []));
-    const mayBeFrozen = notThawed.length > 0 || outcomes.some((o) => o.status === "rejected" && isQuiesceError(o.reason) && o.reason.fields.mayBeFrozen === true);
+    thaws.forEach((t, i) => {
+      if (t.status === "rejected") unconfirmed.push(failureOf(held[i].member.name, t.reason));
+    });
+    const named = failures.length > 0 ? failures : unconfirmed;
     throw new QuiesceError(
       "GROUP_FAILED",
-      `group ${groupId}: ${failures.map((f) => `member ${f.member} failed: ${f.code}: ${f.message}`).join("; ")}. ` +
+      `group ${groupId}: ${named.map((f) => `member ${f.member} failed: ${f.code}: ${f.message}`).join("; ")}. ` +
         (held.length > 0 ? `Members ${held.map((h) => h.member.name).join(", ")} had frozen and were thawed. ` : "") +
-        (notThawed.length > 0
-          ? `THE THAW OF ${notThawed.map((f) => f.member).join(", ")} COULD NOT BE CONFIRMED (${notThawed.map((f) => f.message).join("; ")}): their host daemons keep trying until their deadlines. `
-          : "") +
-        (mayBeFrozen ? "A MEMBER MAY STILL BE FROZEN: check with `quiesce group status`." : "No member is left frozen."),
-      { groupId, failures, thawed: held.map((h) => h.member.name), ...(mayBeFrozen ? { mayBeFrozen: true } : {}) },
+        (unconfirmed.length > 0
+          ? `THE THAW OF ${unconfirmed.map((f) => f.member).join(", ")} COULD NOT BE CONFIRMED: ${unconfirmed.length > 1 ? "THEY" : "IT"} MAY STILL BE FROZEN ` +
+            "(their host daemons keep trying, until their deadlines at the latest); check with `quiesce group status`."
+          : "No member is left frozen."),
+      {
+        groupId,
+        failures: named,
+        thawed: held.filter((_, i) => thaws[i].status === "fulfilled").map((h) => h.member.name),
+        ...(unconfirmed.length > 0 ? { mayBeFrozen: true, unconfirmed: unconfirmed.map((f) => f.member) } : {}),
+      },
     );
-  }
-  if (!(request.thawOnDisconnect ?? true)) {
-    // Every member is frozen: from now on only the deadlines, or a release, end them.
-    await Promise.all(held.map(({ member, info }) => detachWindow(member.target, info.windowId, deps, request.signal)));
   }
   const members = held.map(({ member, info }) => ({
     ...info,

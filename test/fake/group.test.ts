@@ -122,3 +122,27 @@ test("thawOnDisconnect false: the members outlive the process once all are froze
   expect(ended.map((e) => e.how)).toEqual(["expired", "expired"]);
   expect(frozenAgents()).toEqual([]);
 });
+
+test("thawOnDisconnect false, and a member cannot be let go (its window ended before the detach): the group fails and every member is thawed", async () => {
+  const members = await start({}, {});
+  const err = await failure(
+    createGroup(
+      { members, thawOnDisconnect: false, owner: "t" },
+      {
+        memberDeps: (name) => ({
+          onStep: async (step, io) => {
+            if (name !== "m1" || step !== "returned") return;
+            // m1's window ends under it once it is frozen (as if released elsewhere): its detach must fail.
+            const { records } = (await io.daemon.request("list", {})) as unknown as { records: { windowId: string; owner: string }[] };
+            const mine = records.find((r) => r.owner === "t#m1");
+            if (mine) await io.daemon.request("release", { windowId: mine.windowId, thaw: true });
+          },
+        }),
+      },
+    ),
+  );
+  expect(err.code).toBe("GROUP_FAILED");
+  expect(err.fields.failures).toEqual([expect.objectContaining({ member: "m1" })]);
+  expect(frozenAgents()).toEqual([]);
+  expect(claimFiles(leaseDir)).toEqual([]);
+});
