@@ -70,6 +70,12 @@ const LIST_FIELDS = ["mountpoints", "disks"] as const;
 /** Every field a member (or `defaults`) takes. */
 export const MEMBER_FIELDS: readonly string[] = ["name", ...Object.keys(TEXT_FIELDS), ...Object.keys(BOOLEAN_FIELDS), ...Object.keys(NUMBER_FIELDS), ...LIST_FIELDS];
 const TOP_FIELDS = ["ttl", "defaults", "members"];
+/** Fields of one kind: a member that sets any of them replaces all of the defaults' of that kind. */
+const EXCLUSIVE: readonly (readonly (keyof MemberOptions)[])[] = [
+  ["socket", "domain", "proxmoxVmid", "libvirtUri"],
+  ["host", "local"],
+  ["knownHosts", "hostKey", "insecureSkipHostKeyCheck"],
+];
 
 /** The closest known name, for "did you mean". */
 function closest(word: string, known: readonly string[]): string | undefined {
@@ -176,16 +182,25 @@ export function parseGroupFile(text: string, file: string): GroupFile {
       }
       if (seen.has(m.name)) problem(item.get("name", true) as Node, `${where}: the name ${JSON.stringify(m.name)} is used twice (first at line ${seen.get(m.name)}): names must be unique`);
       seen.set(m.name, line);
-      const options = { ...defaults.options, ...m.options } as MemberOptions;
-      // A member's own target replaces a default one of another kind.
-      const own = (["socket", "domain", "proxmoxVmid"] as const).filter((k) => m.options[k] !== undefined);
-      const target = own.length > 0 ? Object.fromEntries((["socket", "domain", "proxmoxVmid"] as const).map((k) => [k, m.options[k]])) : {};
-      const resolved = { ...options, ...target } as MemberOptions;
+      // A member field replaces the defaults of its kind: its own target (and URI), where it is reached (host or
+      // local), how its host key is verified; libvirtUri only goes with a domain.
+      const inherited: Record<string, unknown> = { ...defaults.options };
+      for (const kind of EXCLUSIVE) if (kind.some((k) => m.options[k] !== undefined)) for (const k of kind) delete inherited[k];
+      const resolved = { ...inherited, ...m.options } as MemberOptions;
+      if (resolved.domain === undefined && m.options.libvirtUri === undefined) delete (resolved as Record<string, unknown>).libvirtUri;
       const targets = (["socket", "domain", "proxmoxVmid"] as const).filter((k) => resolved[k] !== undefined);
       if (targets.length === 0) problem(item, `member ${m.name} (${where}): a target is required: socket (the agent socket's path on the host), domain (a libvirt domain) or proxmoxVmid`);
       if (targets.length > 1) problem(item, `member ${m.name} (${where}): give one target, not ${targets.join(" and ")}`);
       if (resolved.host === undefined && resolved.local !== true) problem(item, `member ${m.name} (${where}): give host (the hypervisor to reach over SSH), or local: true`);
-      members.push({ name: m.name, options: resolved, mountpoints: m.mountpoints ?? defaults.mountpoints ?? [], disks: m.disks ?? defaults.disks ?? [], line });
+      // The selection too: a member's mountpoints or disks replace both of the defaults'.
+      const ownSelection = m.mountpoints !== undefined || m.disks !== undefined;
+      members.push({
+        name: m.name,
+        options: resolved,
+        mountpoints: (ownSelection ? m.mountpoints : defaults.mountpoints) ?? [],
+        disks: (ownSelection ? m.disks : defaults.disks) ?? [],
+        line,
+      });
     });
   }
   if (problems.length) throw new GroupFileError(file, problems.sort((a, b) => a.line - b.line));

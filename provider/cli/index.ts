@@ -121,7 +121,7 @@ export function targetFrom(o: TargetOptions): AgentTarget {
   let privateKey: string | undefined;
   if (o.identity) {
     try {
-      privateKey = fs.readFileSync(o.identity, "utf8");
+      privateKey = fs.readFileSync(o.identity.replace(/^~(?=\/)/, os.homedir()), "utf8");
     } catch (err) {
       throw new UsageError(`--identity ${o.identity}: cannot read the key file (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
     }
@@ -472,15 +472,24 @@ function withGroupOptions(cmd: Command): Command {
 /** Runs `argv` on this machine (no shell), killed with SIGKILL after `killAfterMs`; its output is collected. */
 function runLocal(argv: readonly string[], env: NodeJS.ProcessEnv, killAfterMs: number): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(argv[0], argv.slice(1), { stdio: ["ignore", "pipe", "pipe"], env });
+    // In a process group of its own, so that what it starts goes with it (a shell's children keep its pipes open).
+    const child = spawn(argv[0], argv.slice(1), { stdio: ["ignore", "pipe", "pipe"], env, detached: true });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
     child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill("SIGKILL"), Math.max(0, killAfterMs));
+    const killGroup = (): void => {
+      if (child.pid === undefined) return;
+      try {
+        process.kill(-child.pid, "SIGKILL");
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "ESRCH") throw err; // ESRCH: the group is gone already
+      }
+    };
+    const timer = setTimeout(killGroup, Math.max(0, killAfterMs));
     timer.unref();
     // This process's end (a signal) ends the command too: the members are being thawed by then.
-    const stop = (): void => void child.kill("SIGKILL");
+    const stop = killGroup;
     process.once("SIGINT", stop).once("SIGTERM", stop);
     child.once("error", (err) => {
       clearTimeout(timer);

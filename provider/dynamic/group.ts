@@ -4,7 +4,9 @@
  */
 import type { SshConnectionConfig } from "../transport/ssh";
 import { QuiesceError } from "../errors";
-import type { Timeouts } from "../quiesce/lifecycle";
+import { proxmoxSocketPath, type Timeouts } from "../quiesce/lifecycle";
+import { DEFAULT_LEASE_DIR } from "../host/daemon";
+import { DEFAULT_LIBVIRT_URI } from "../libvirt/procedures";
 import { createGroup, groupStatus, releaseGroup, type GroupMemberRef } from "../quiesce/group";
 import { validateGroupInputs, type InputFailure } from "../quiesce/validate";
 import { ruleMethods, type ResourceRules } from "./rules";
@@ -59,21 +61,38 @@ export interface GroupOutputs extends GroupInputs {
 /** The credentials of a member's connection update; everything else about a member replaces the group. */
 const CREDENTIALS = ["privateKey", "privateKeyPassword", "password", "agentSocketPath"];
 
+/**
+ * What about a member decides a replace: its name, target and selection, with defaults filled in (port 22, user
+ * root, the default lease directory and libvirt URI, a Proxmox VMID as its socket) and without credentials. Members
+ * are compared by name, in any order.
+ */
+function memberIdentity(m: unknown): Record<string, unknown> {
+  if (m === null || typeof m !== "object") return { name: m };
+  const member = m as Record<string, unknown>;
+  const connection = member.connection && typeof member.connection === "object" ? (member.connection as Record<string, unknown>) : undefined;
+  const proxmox = member.proxmox as { vmid?: unknown } | undefined;
+  return {
+    name: member.name,
+    connection: connection && {
+      ...Object.fromEntries(Object.entries(connection).filter(([k]) => !CREDENTIALS.includes(k))),
+      port: connection.port ?? 22,
+      user: connection.user ?? "root",
+    },
+    socketPath: member.socketPath ?? (typeof proxmox?.vmid === "number" ? proxmoxSocketPath(proxmox.vmid) : undefined),
+    domain: member.domain,
+    libvirtUri: member.domain !== undefined ? (member.libvirtUri ?? DEFAULT_LIBVIRT_URI) : undefined,
+    leaseDir: member.leaseDir ?? DEFAULT_LEASE_DIR,
+    mountpoints: member.mountpoints ?? [],
+    disks: member.disks ?? [],
+  };
+}
+
 /** QuiesceGroup's keys under the one rule. */
 export const GROUP_RULES: ResourceRules = {
   replaces: ["members", "maxDurationSeconds", "thawOnDisconnect", "triggers"],
   defaults: { maxDurationSeconds: 300, thawOnDisconnect: true },
   outputs: ["groupId", "windows", "skewMs", "frozenAt", "expiresAt", "held"],
-  replaceOn: {
-    members: (members) =>
-      Array.isArray(members)
-        ? members.map((m: unknown) =>
-            m !== null && typeof m === "object" && (m as Record<string, unknown>).connection && typeof (m as Record<string, unknown>).connection === "object"
-              ? { ...(m as Record<string, unknown>), connection: Object.fromEntries(Object.entries((m as { connection: Record<string, unknown> }).connection).filter(([k]) => !CREDENTIALS.includes(k))) }
-              : m,
-          )
-        : members,
-  },
+  replaceOn: { members: (members) => (Array.isArray(members) ? members.map(memberIdentity).sort((x, y) => String(x.name).localeCompare(String(y.name))) : members) },
 };
 
 const groupMethods = ruleMethods<GroupInputs, GroupOutputs>(GROUP_RULES);

@@ -53,6 +53,7 @@ LIBVIRT_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-
 # Local URIs of the QEMU driver only, with libvirt's own `socket` parameter at most: the daemon talks to this host.
 LIBVIRT_URI = re.compile(r"^qemu:///(system|session)(\?socket=/[A-Za-z0-9._/+-]{1,4000})?$")
 LIBVIRT_SLACK = 35.0      # seconds: libvirt waits up to 30 s for a domain's job before it gives up; then some
+RELAY_DRAIN = 120.0       # seconds a cut libvirt relay waits for libvirt to answer the calls it forwarded
 ENDED_FILE = re.compile(r"^ended-([A-Za-z0-9][A-Za-z0-9._-]{0,127})\.json$")
 EXIT_REFUSED = 4          # the lease directory failed the trust checks
 
@@ -305,12 +306,16 @@ def libvirt_ref(value):
     if not isinstance(value, dict):
         raise Failure("INVALID_INPUT", "libvirt %r is not a domain reference" % (value,))
     uri, uuid, name, sock = value.get("uri"), value.get("uuid"), value.get("name"), value.get("socket")
-    if not isinstance(uri, str) or not LIBVIRT_URI.match(uri):
+    if not isinstance(uri, str) or not LIBVIRT_URI.fullmatch(uri):
         raise Failure("INVALID_INPUT", "libvirt URI %r is not qemu:///system or qemu:///session (with ?socket=/path at most)" % (uri,))
-    if not isinstance(uuid, str) or not LIBVIRT_UUID.match(uuid):
+    if not isinstance(uuid, str) or not LIBVIRT_UUID.fullmatch(uuid):
         raise Failure("INVALID_INPUT", "libvirt domain UUID %r is not a UUID in lower case" % (uuid,))
     if not isinstance(name, str) or not 0 < len(name) <= 1024 or "\0" in name:
         raise Failure("INVALID_INPUT", "libvirt domain name %r is not a name" % (name,))
+    try:
+        name.encode("utf-8")  # every call names the domain: a name that cannot be sent would make it unthawable
+    except UnicodeEncodeError:
+        raise Failure("INVALID_INPUT", "libvirt domain name %r is not valid UTF-8" % (name,))
     if not isinstance(sock, str) or not sock.startswith("/") or "\0" in sock:
         raise Failure("INVALID_INPUT", "libvirt socket %r is not an absolute path" % (sock,))
     return {"uri": uri, "uuid": uuid, "name": name, "socket": sock}
@@ -431,6 +436,28 @@ class LibvirtRpc:
         return self.xdr_string(self.ref["name"]) + bytes.fromhex(self.ref["uuid"].replace("-", "")) + struct.pack(">i", -1)
 
 
+class RpcFrames:
+    """Splits one direction of a relayed libvirt RPC stream into messages: (prog, type, serial) of each complete
+    one. The relay uses it to know which of the client's calls libvirt has not answered yet."""
+
+    def __init__(self):
+        self.buf = b""
+
+    def feed(self, data):
+        self.buf += data
+        out = []
+        while len(self.buf) >= 28:
+            (length,) = struct.unpack_from(">I", self.buf, 0)
+            if not 28 <= length <= LibvirtRpc.MAX_MESSAGE:
+                raise ValueError("libvirt: a message of %d bytes" % length)
+            if len(self.buf) < length:
+                break
+            prog, _, _, mtype, serial, _ = struct.unpack_from(">IIiIIi", self.buf, 4)
+            out.append((prog, mtype, serial))
+            self.buf = self.buf[length:]
+        return out
+
+
 class LibvirtError(Exception):
     def __init__(self, code, message):
         Exception.__init__(self, message)
@@ -477,7 +504,8 @@ class LibvirtAgent:
                 raise ValueError("not a QGA reply: %r" % (parsed,))
             return "return", parsed["return"]
         except LibvirtError as e:
-            if e.code == 42 or (e.code == 55 and "not running" in e.message and await self.gone(AGENT_TIMEOUT)):
+            # 55 (operation invalid) is what a shut-off domain answers; its text is translated, so the lookup decides.
+            if e.code == 42 or (e.code == 55 and await self.gone(AGENT_TIMEOUT)):
                 raise VmGone()
             if e.code in (68, 86, 112):
                 # The domain's agent job is busy (a freeze still running, or hung: "cannot acquire state change
@@ -565,7 +593,7 @@ class Daemon:
     def load(self):
         now = time.time()
         for name in sorted(os.listdir(self.dir)):
-            m = ENDED_FILE.match(name)
+            m = ENDED_FILE.fullmatch(name)
             if m:
                 try:
                     rec = read_json(self.dir, name)
@@ -579,14 +607,14 @@ class Daemon:
             if name.startswith(".tmp-"):
                 unlink_quiet(os.path.join(self.dir, name))
                 continue
-            if not CLAIM_FILE.match(name):
+            if not CLAIM_FILE.fullmatch(name):
                 continue
             try:
                 rec = read_json(self.dir, name)
                 ref = libvirt_ref(rec["libvirt"]) if rec.get("libvirt") is not None else None
                 real, dev, ino = rec["real"], int(rec["dev"]), int(rec["ino"])
                 expected = "claim-lv-%s.json" % ref["uuid"] if ref else "claim-%d-%d.json" % (dev, ino)
-                if name != expected or not WINDOW_ID.match(rec["windowId"]):
+                if name != expected or not WINDOW_ID.fullmatch(rec["windowId"]):
                     raise ValueError("inconsistent record")
                 float(rec["deadline"])
             except (OSError, ValueError, KeyError, TypeError, Failure) as e:
@@ -821,7 +849,7 @@ class Daemon:
     # -- requests --
 
     def guest_of(self, wid):
-        if not isinstance(wid, str) or not WINDOW_ID.match(wid):
+        if not isinstance(wid, str) or not WINDOW_ID.fullmatch(wid):
             raise Failure("INVALID_INPUT", "windowId %r is not a window id" % (wid,))
         return self.by_window.get(wid)
 
@@ -864,7 +892,13 @@ class Daemon:
         self.hold(client, guest)
         try:
             self.persist(guest)
-            await self.agent_of(guest)
+            agent = await self.agent_of(guest)
+            if ref is not None:
+                # The connection the daemon thaws through is opened, authenticated and its domain found now,
+                # before anything is frozen, and held for the window.
+                dom = await agent.rpc.domain(AGENT_TIMEOUT + LIBVIRT_SLACK)
+                if dom is None or dom["id"] == -1:
+                    raise Failure("DOMAIN_NOT_RUNNING", "libvirt domain %s (%s) is not running, or no longer defined" % (ref["name"], ref["uuid"]))
             if self.by_window.get(wid) is not guest or guest.ending is not None:
                 raise Failure("NOT_HELD", "window %s ended while it was being claimed (its holder went away)" % wid)
         except VmGone:
@@ -962,11 +996,12 @@ class Daemon:
     async def op_relay(self, client, msg):
         guest = self.live(msg)
         await self.acquire(guest)
+        pipe = None
         try:
             if guest.ending is not None or self.by_window.get(guest.rec["windowId"]) is not guest:
                 raise Failure("NOT_HELD", "window %s ended" % guest.rec["windowId"])
             if guest.libvirt is not None:
-                agent = await self.libvirt_pipe(guest.libvirt["socket"])
+                agent = pipe = await self.libvirt_pipe(guest.libvirt["socket"])
             else:
                 try:
                     agent = await self.agent_of(guest)
@@ -976,6 +1011,8 @@ class Daemon:
             if guest.ending is not None or self.by_window.get(guest.rec["windowId"]) is not guest or client.closed:
                 raise Failure("NOT_HELD", "window %s ended" % guest.rec["windowId"])
         except BaseException:
+            if pipe is not None:
+                pipe.close()  # a pipe opened for a relay that is not going ahead
             guest.lock.release()
             raise
         return {"relay": (guest, agent)}
@@ -1008,7 +1045,32 @@ class Daemon:
             elif not client.closed:
                 writer.write(data)
 
-        agent.sink = to_client
+        # libvirt: the client's calls libvirt has not answered yet. libvirt runs each call in a worker thread of its
+        # own, and the calls waiting for a domain's agent job are woken in no set order: a freeze sent before the
+        # relay was cut could still run after a thaw sent after it. So a cut relay stops forwarding at once, but
+        # keeps libvirt's side open until every call it forwarded is answered, and only then lets an end thaw.
+        pending = set()
+        answered = asyncio.Event()
+        sent, got = RpcFrames(), RpcFrames()
+
+        def from_libvirt(data):
+            if data is None:
+                answered.set()  # libvirt closed: nothing of the client's is left to run
+                client.abort()
+                return
+            try:
+                for prog, mtype, serial in got.feed(data):
+                    if mtype == LibvirtRpc.REPLY and prog != LibvirtRpc.KEEPALIVE:
+                        pending.discard(serial)
+            except ValueError as e:
+                self.log("window %s: relay: %s" % (guest.rec["windowId"], e))
+                agent.close()
+            if not pending:
+                answered.set()
+            if not client.closed:
+                writer.write(data)
+
+        agent.sink = from_libvirt if guest.libvirt is not None else to_client
         try:
             while not client.closed:
                 data = await client.reader.read(65536)
@@ -1016,20 +1078,31 @@ class Daemon:
                     break
                 client.last_seen = time.time()
                 if guest.relay is client:
+                    if guest.libvirt is not None:
+                        for prog, mtype, serial in sent.feed(data):
+                            if mtype == LibvirtRpc.CALL:
+                                pending.add(serial)
+                                answered.clear()
                     agent.write(data)
+        except ValueError as e:
+            self.log("window %s: relay: the client's stream is not libvirt RPC: %s" % (guest.rec["windowId"], e))
         except (ConnectionError, OSError):
             pass  # the relay's channel went away: detaching is all there is to do
         finally:
-            if agent.sink is to_client:
-                agent.sink = None
             if guest.relay is client:
                 guest.relay = None
             if guest.libvirt is not None:
-                # Every byte the client sent is in libvirt's socket before this close, and so before any thaw of
-                # the daemon's (which waits for this lock): libvirt runs a freeze it received before that thaw.
+                if pending and not agent.closed:
+                    try:
+                        await asyncio.wait_for(answered.wait(), RELAY_DRAIN)
+                    except asyncio.TimeoutError:
+                        self.log("window %s: libvirt did not answer %d call(s) of the cut relay within %.0f s; closing it" % (guest.rec["windowId"], len(pending), RELAY_DRAIN))
+                agent.sink = None
                 agent.close()
                 guest.lock.release()
                 return
+            if agent.sink is to_client:
+                agent.sink = None
             guest.lock.release()
             # Sync now, while the client moves on (the engine's next step, the snapshot command): the next check or
             # thaw on this connection then needs no sync while the guest is frozen.
@@ -1201,6 +1274,8 @@ class Daemon:
             return relay
         except Failure as f:
             client.send(dict(f.fields, id=rid, ok=False, code=f.code, message=f.message))
+        except LibvirtError as e:
+            client.send({"id": rid, "ok": False, "code": "LIBVIRT_ERROR", "message": "libvirt: %s" % e.message, "libvirtCode": e.code})
         except Exception as e:  # noqa: BLE001 - a bad request never takes the daemon down
             self.log("request %r failed: %s" % (msg.get("op"), traceback.format_exc()))
             client.send({"id": rid, "ok": False, "code": "DAEMON_ERROR", "message": "%s: %s" % (e.__class__.__name__, e)})

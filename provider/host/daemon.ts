@@ -165,6 +165,10 @@ const PASS_THROUGH = new Set<QuiesceErrorCode>([
   "NOT_HELD",
   "AGENT_TIMEOUT",
   "AGENT_COMMAND_FAILED",
+  "LIBVIRT_UNAVAILABLE",
+  "LIBVIRT_AUTH",
+  "LIBVIRT_ERROR",
+  "DOMAIN_NOT_RUNNING",
 ]);
 
 /** A daemon reply that failed. Carries the daemon's own code (`HELD`, `THAW_FAILED`...) in `fields.daemonCode`. */

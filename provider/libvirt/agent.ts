@@ -14,6 +14,8 @@ import { filesystemsFromGuestInfo } from "./guest";
 
 /** virErrorNumber values of agent failures. */
 const VIR_ERR_INTERNAL_ERROR = 1;
+/** "Timed out during operation: cannot acquire state change lock": the domain's agent job stayed busy. */
+const VIR_ERR_OPERATION_TIMEOUT = 68;
 const VIR_ERR_AGENT_UNRESPONSIVE = 86;
 const VIR_ERR_AGENT_COMMAND_TIMEOUT = 112;
 const VIR_ERR_AGENT_COMMAND_FAILED = 113;
@@ -33,7 +35,7 @@ export function libvirtAgentError(command: string, err: unknown, target: string)
   if (!isQuiesceError(err, "LIBVIRT_ERROR")) return err;
   const code = err.fields.libvirtCode;
   const message = String(err.fields.libvirtMessage ?? err.message);
-  if (code === VIR_ERR_AGENT_COMMAND_TIMEOUT || code === VIR_ERR_AGENT_UNRESPONSIVE) {
+  if (code === VIR_ERR_AGENT_COMMAND_TIMEOUT || code === VIR_ERR_AGENT_UNRESPONSIVE || code === VIR_ERR_OPERATION_TIMEOUT) {
     return new QuiesceError("AGENT_TIMEOUT", `${target}: the guest agent did not answer ${command} through libvirt: ${message}`, { target, command, libvirtCode: code }, { cause: err });
   }
   const wrapped = /unable to execute QEMU agent command '[^']*': ([\s\S]*)$/.exec(message);

@@ -904,9 +904,12 @@ async function abandonClaim(daemon: DaemonClient, windowId: string, label: strin
   }
 }
 
-/** Milliseconds to wait for a release: the daemon's sync, status, thaw and status. */
+/**
+ * Milliseconds to wait for a release: the daemon's sync, status, thaw and status, plus the 35 s libvirt may make a
+ * thaw wait for a domain's agent job (a freeze still running) before it gives up.
+ */
 function releaseTimeoutMs(t: Required<Timeouts>): number {
-  return t.thawSeconds * 1000 + 3 * t.agentSeconds * 1000 + 5_000;
+  return t.thawSeconds * 1000 + 3 * t.agentSeconds * 1000 + 40_000;
 }
 
 

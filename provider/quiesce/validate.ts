@@ -235,6 +235,15 @@ export function validateReleaseInputs(inputs: Record<string, unknown>): InputFai
 /** Validates HostSnapshot inputs. Returns every failure, one per bad field; unknowns pass, whole maps included. */
 export function validateHostSnapshotInputs(inputs: Record<string, unknown>): InputFailure[] {
   const failures = validateWindowReference(inputs);
+  if (present(inputs.groupId) && !unknown(inputs.member)) {
+    const members = inputs.groupMembers;
+    const names = Array.isArray(members) ? members.map((m: unknown) => (m && typeof m === "object" ? (m as Record<string, unknown>).name : undefined)).filter((n) => typeof n === "string" && !unknown(n)) : [];
+    if (typeof inputs.member !== "string" || inputs.member === "") {
+      failures.push({ property: "member", reason: `a group's HostSnapshot needs member: the member on whose host its commands run${names.length ? ` (one of ${names.join(", ")})` : ""}` });
+    } else if (names.length > 0 && !names.includes(inputs.member)) {
+      failures.push({ property: "member", reason: `the group has no member ${JSON.stringify(inputs.member)}: it has ${names.join(", ")}` });
+    }
+  }
   const create = inputs.create;
   if (!unknown(create) && (typeof create !== "string" || create.trim() === "")) {
     failures.push({ property: "create", reason: "create is required: the shell command that takes the snapshot on the host" });

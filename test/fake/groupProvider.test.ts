@@ -60,4 +60,7 @@ test("diff: a member's credentials update; its socket, selection or a new member
   const moved = withKey("k1");
   expect((await diffGroup("qg-1", olds, { ...moved, members: [{ ...moved.members[0], mountpoints: ["/data2"] }, moved.members[1]] })).replaces).toEqual(["members"]);
   expect((await diffGroup("qg-1", olds, { ...moved, members: [...moved.members, { name: "m2", socketPath: "/x" }] })).replaces).toEqual(["members"]);
+  // The same members in another order, or with a default spelled out, are the same freeze.
+  const spelled = { ...moved, members: [...moved.members].reverse().map((m) => ({ ...m, connection: { ...m.connection, port: 22 } as never })) };
+  expect((await diffGroup("qg-1", olds, spelled)).replaces).toEqual([]); // an update at most: no new freeze
 });

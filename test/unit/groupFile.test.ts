@@ -86,3 +86,28 @@ test("QuiesceGroup's check: members validated as windows, with members[i]. befor
   expect(validateGroupInputs({ members: [] })[0].property).toBe("members");
   expect(validateGroupInputs({ members: [{ name: "a", socketPath: "/s" }, { name: "b", domain: "d", libvirtUri: "qemu:///system" }] })).toEqual([]);
 });
+
+test("a member's field replaces the defaults of its kind: where it is reached, its host key, its target and URI, its selection", () => {
+  const g = parseGroupFile(
+    [
+      "defaults: { host: hv1, knownHosts: /kh, domain: d, libvirtUri: 'qemu:///session', mountpoints: [/data] }",
+      "members:",
+      "  - { name: here, local: true, hostKey: 'SHA256:x', socket: /s, disks: [vdb] }",
+      "  - { name: there }",
+    ].join("\n"),
+    "g.yaml",
+  );
+  const [here, there] = g.members;
+  expect(here.options).toEqual({ local: true, hostKey: "SHA256:x", socket: "/s" });
+  expect([here.mountpoints, here.disks]).toEqual([[], ["vdb"]]);
+  expect(there.options).toEqual({ host: "hv1", knownHosts: "/kh", domain: "d", libvirtUri: "qemu:///session" });
+  expect([there.mountpoints, there.disks]).toEqual([["/data"], []]);
+});
+
+test("a group's HostSnapshot must name one of the group's members", async () => {
+  const { validateHostSnapshotInputs } = await import("../../provider/quiesce/validate");
+  const base = { groupId: "qg-1", groupMembers: [{ name: "a", socketPath: "/s" }, { name: "b", domain: "d" }], create: "true" };
+  expect(validateHostSnapshotInputs(base).map((f) => [f.property, f.reason])).toEqual([["member", expect.stringMatching(/needs member.*one of a, b/)]]);
+  expect(validateHostSnapshotInputs({ ...base, member: "c" })[0].reason).toMatch(/no member "c": it has a, b/);
+  expect(validateHostSnapshotInputs({ ...base, member: "b" })).toEqual([]);
+});
