@@ -243,8 +243,10 @@ describe("the lease directory is trusted only when it is the SSH user's own", ()
       fs.rmSync(path.join(leaseDir, "daemon.log"));
       const w = await createWindow({ target, mountpoints: ["/data"], maxDurationSeconds: 1, thawOnDisconnect: false });
       fs.symlinkSync(victim, endedPath(leaseDir, w.windowId));
+      // The daemon thaws, checks the status, then writes the ended record: wait for the record, not the thaw.
+      const ended = endedPath(leaseDir, w.windowId);
       const deadline = Date.now() + 10_000;
-      while (agent.status === "frozen" && Date.now() < deadline) await delay(100);
+      while ((agent.status === "frozen" || fs.lstatSync(ended).isSymbolicLink()) && Date.now() < deadline) await delay(100);
       expect(agent.status).toBe("thawed");
       expect(fs.readFileSync(victim, "utf8")).toBe("untouched\n");
       // The name now holds the daemon's own record, in place of the link.
