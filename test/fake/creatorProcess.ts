@@ -69,3 +69,19 @@ export function raceCreates(request: Omit<CreateWindowRequest, "signal">, n: num
     ),
   );
 }
+
+/**
+ * 20 processes race to create a window of `target` (held past this process, lease 300 s): exactly one must win, and
+ * every other must fail with ALREADY_FROZEN naming the winner. Returns the winner's window id (jest's expect).
+ */
+export async function raceForOneWinner(target: CreateWindowRequest["target"]): Promise<string> {
+  const request = { target, mountpoints: ["/data"], thawOnDisconnect: false, maxDurationSeconds: 300, timeouts: { agentSeconds: 150 } };
+  const results = await raceCreates(request, 20);
+  const winners = results.filter((r) => r.ok);
+  if (winners.length !== 1) console.log(JSON.stringify(results, null, 1));
+  expect(winners).toHaveLength(1);
+  const winner = winners[0].windowId as string;
+  // The whole result is compared so a failure shows the loser's message, not only its code.
+  for (const loser of results.filter((r) => !r.ok)) expect(loser).toMatchObject({ code: "ALREADY_FROZEN", message: expect.stringContaining(winner) });
+  return winner;
+}
