@@ -3,7 +3,7 @@
  * error gives the line and the field. Member fields are the CLI's TARGET flag names; `defaults` gives any of them
  * to every member; `ttl` is every member's lease.
  */
-import { isMap, isPair, isScalar, isSeq, LineCounter, parseDocument, type Node, type Pair, type YAMLMap } from "yaml";
+import { isAlias, isMap, isPair, isScalar, isSeq, LineCounter, parseDocument, type Node, type Pair, type YAMLMap } from "yaml";
 
 /** The TARGET options of one member, as the CLI's flags would give them. */
 export interface MemberOptions {
@@ -127,8 +127,12 @@ export function parseGroupFile(text: string, file: string): GroupFile {
     for (const pair of map.items) {
       const key = keyOf(pair);
       const value = pair.value as Node | null;
-      const plain = value === null ? null : value.toJSON();
       const field = `${where}.${key}`;
+      if (isAlias(value)) {
+        problem(value, `${field}: YAML aliases (*${value.source}) are not taken here; write the value out`);
+        continue;
+      }
+      const plain = value === null ? null : value.toJSON();
       if (key === "name") {
         if (isDefaults) problem(pair, `${field}: a name belongs to one member, not to defaults`);
         else if (typeof plain !== "string" || plain.trim() === "") problem(value ?? pair, `${field} must be a non-empty text`);

@@ -394,8 +394,8 @@ class LibvirtRpc:
         async with self.lock:
             try:
                 return await asyncio.wait_for(self._open_and_call(prog, proc, payload), timeout)
-            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError, struct.error):
-                self.close()  # the next call reconnects
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, asyncio.CancelledError, ValueError, struct.error):
+                self.close()  # a reply may be half read: the next call reconnects
                 raise
 
     async def _open_and_call(self, prog, proc, payload):

@@ -111,3 +111,9 @@ test("a group's HostSnapshot must name one of the group's members", async () => 
   expect(validateHostSnapshotInputs({ ...base, member: "c" })[0].reason).toMatch(/no member "c": it has a, b/);
   expect(validateHostSnapshotInputs({ ...base, member: "b" })).toEqual([]);
 });
+
+test("a YAML alias is refused by name, not misread", () => {
+  expect(problems("members:\n  - { name: a, host: &h hv1, socket: /s }\n  - { name: b, host: *h, socket: /t }\n")[0]).toMatch(
+    /^3: members\[1\]\.host: YAML aliases \(\*h\) are not taken here/,
+  );
+});
