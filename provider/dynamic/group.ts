@@ -143,7 +143,7 @@ export async function readGroup(id: Id, props: GroupOutputs): Promise<{ id: Id; 
   const states = await groupStatus(memberRefs(props.members, props.windows), { timeouts: props.timeouts, vanishedSocket: "vm-gone" });
   const stateOf = (name: string): string => {
     const s = states.find((x) => x.name === name);
-    if (s?.error) throw new QuiesceError(s.error.code as never, `group ${id}: member ${name}: ${s.error.message}`, { member: name });
+    if (s?.error) throw new QuiesceError("GROUP_FAILED", `group ${id}: member ${name}: ${s.error.code}: ${s.error.message}`, { member: name, memberCode: s.error.code });
     return s?.report?.state ?? "unknown";
   };
   const windows = props.windows.map((w) => ({ ...w, state: stateOf(w.name) }));

@@ -1141,18 +1141,25 @@ class Daemon:
         finally:
             guest.lock.release()
 
-    async def transient_status(self, real):
-        """Status of a guest no window holds: a connection for this one command, closed at once."""
-        conn = await self.transient(real)
+    async def transient_agent(self, real, ref):
+        """The agent of a guest no window holds, for a command or two (the caller closes it): a synced connection
+        to its socket, or, for a libvirt domain, libvirt."""
+        return LibvirtAgent(ref) if ref is not None else await self.transient(real)
+
+    async def transient_status(self, real, ref=None):
+        """Status of a guest no window holds (frozen, thawed, or gone for a libvirt domain), the agent closed at once."""
+        agent = await self.transient_agent(real, ref)
         try:
-            kind, value = await conn.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
+            kind, value = await agent.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
             if kind != "return":
                 raise Failure("AGENT_COMMAND_FAILED", "guest-fsfreeze-status: %s" % value.get("desc"))
             return value
+        except VmGone:
+            return "gone"
         except asyncio.TimeoutError:
-            raise Failure("AGENT_TIMEOUT", "%s: the agent did not answer within %.0f s" % (real, AGENT_TIMEOUT))
+            raise Failure("AGENT_TIMEOUT", "%s: the agent did not answer in time" % (ref["name"] if ref else real))
         finally:
-            conn.close()
+            agent.close()
 
     async def op_status(self, client, msg):
         wid = msg.get("windowId")
@@ -1162,7 +1169,7 @@ class Daemon:
             ref = libvirt_ref(msg["libvirt"])
             guest = self.by_key.get("lv-%s" % ref["uuid"])
             if guest is None:
-                return {"agentStatus": await self.libvirt_status(ref), "record": None, "ended": self.ended.get(wid)}
+                return {"agentStatus": await self.transient_status(ref["socket"], ref), "record": None, "ended": self.ended.get(wid)}
         if guest is None and msg.get("socket") is not None:
             try:
                 real, dev, ino = await self.identity_of(msg.get("socket"))
@@ -1201,21 +1208,6 @@ class Daemon:
         ended = self.ended.get(wid)
         return {"outcome": ended["how"] if ended else result["how"], "record": record, "thaw": result.get("thaw"), "ended": ended}
 
-    async def libvirt_status(self, ref):
-        """Status of a libvirt guest no window holds, through libvirt: frozen, thawed, or gone."""
-        agent = LibvirtAgent(ref)
-        try:
-            kind, value = await agent.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
-        except VmGone:
-            return "gone"
-        except asyncio.TimeoutError:
-            raise Failure("AGENT_TIMEOUT", "%s: libvirt did not answer within %.0f s" % (ref["name"], AGENT_TIMEOUT + LIBVIRT_SLACK))
-        finally:
-            agent.close()
-        if kind != "return":
-            raise Failure("AGENT_COMMAND_FAILED", "guest-fsfreeze-status through libvirt: %s" % value.get("desc"))
-        return value
-
     async def op_force(self, client, msg):
         ref = libvirt_ref(msg["libvirt"]) if msg.get("libvirt") is not None else None
         if ref is not None:
@@ -1231,29 +1223,18 @@ class Daemon:
                 raise Failure("THAW_FAILED", "the thaw failed: %s. The daemon keeps the record and keeps trying; check with "
                               "`quiesce status`, and look at the guest agent" % result["failed"])
             return {"record": record, "thaw": result.get("thaw")}
-        if ref is not None:
-            agent = LibvirtAgent(ref)
-            try:
-                kind, value = await agent.execute("guest-fsfreeze-thaw", AGENT_TIMEOUT * 3)
-                skind, status = await agent.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
-            except VmGone:
-                return {"record": None, "thaw": {"count": None, "error": None, "status": "gone"}}
-            except asyncio.TimeoutError:
-                raise Failure("AGENT_TIMEOUT", "%s: libvirt did not answer in time" % ref["name"])
-            finally:
-                agent.close()
-            return {"record": None, "thaw": {"count": value if kind == "return" else None, "error": value if kind == "error" else None,
-                                              "status": status if skind == "return" else None}}
-        conn = await self.transient(real)
+        agent = await self.transient_agent(real, ref)
         try:
-            kind, value = await conn.execute("guest-fsfreeze-thaw", AGENT_TIMEOUT * 3)
-            skind, status = await conn.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
+            kind, value = await agent.execute("guest-fsfreeze-thaw", AGENT_TIMEOUT * 3)
+            skind, status = await agent.execute("guest-fsfreeze-status", AGENT_TIMEOUT)
             return {"record": None, "thaw": {"count": value if kind == "return" else None, "error": value if kind == "error" else None,
                                               "status": status if skind == "return" else None}}
+        except VmGone:
+            return {"record": None, "thaw": {"count": None, "error": None, "status": "gone"}}
         except asyncio.TimeoutError:
-            raise Failure("AGENT_TIMEOUT", "%s: the agent did not answer within %.0f s" % (real, AGENT_TIMEOUT))
+            raise Failure("AGENT_TIMEOUT", "%s: the agent did not answer in time" % (ref["name"] if ref else real))
         finally:
-            conn.close()
+            agent.close()
 
     async def op_list(self, client, msg):
         return {"records": [g.view() for g in self.by_window.values()]}

@@ -7,18 +7,11 @@
 import { QuiesceError, isQuiesceError } from "../errors";
 import { agentCommandError, type ExecuteOptions } from "../agent/session";
 import type { AgentExecutor, GuestFilesystem } from "../agent/commands";
-import type { DomainRef } from "./codec";
+import { VirErr, type DomainRef } from "./codec";
 import { domainAgentCommand, domainFsFreeze, domainGetGuestInfo } from "./procedures";
 import type { LibvirtSession } from "./session";
 import { filesystemsFromGuestInfo } from "./guest";
 
-/** virErrorNumber values of agent failures. */
-const VIR_ERR_INTERNAL_ERROR = 1;
-/** "Timed out during operation: cannot acquire state change lock": the domain's agent job stayed busy. */
-const VIR_ERR_OPERATION_TIMEOUT = 68;
-const VIR_ERR_AGENT_UNRESPONSIVE = 86;
-const VIR_ERR_AGENT_COMMAND_TIMEOUT = 112;
-const VIR_ERR_AGENT_COMMAND_FAILED = 113;
 
 /** Default timeout of a command, in ms, when the call gives none. */
 const DEFAULT_COMMAND_MS = 10_000;
@@ -35,11 +28,11 @@ export function libvirtAgentError(command: string, err: unknown, target: string)
   if (!isQuiesceError(err, "LIBVIRT_ERROR")) return err;
   const code = err.fields.libvirtCode;
   const message = String(err.fields.libvirtMessage ?? err.message);
-  if (code === VIR_ERR_AGENT_COMMAND_TIMEOUT || code === VIR_ERR_AGENT_UNRESPONSIVE || code === VIR_ERR_OPERATION_TIMEOUT) {
+  if (code === VirErr.AGENT_COMMAND_TIMEOUT || code === VirErr.AGENT_UNRESPONSIVE || code === VirErr.OPERATION_TIMEOUT) {
     return new QuiesceError("AGENT_TIMEOUT", `${target}: the guest agent did not answer ${command} through libvirt: ${message}`, { target, command, libvirtCode: code }, { cause: err });
   }
   const wrapped = /unable to execute QEMU agent command '[^']*': ([\s\S]*)$/.exec(message);
-  if (wrapped && (code === VIR_ERR_INTERNAL_ERROR || code === VIR_ERR_AGENT_COMMAND_FAILED)) {
+  if (wrapped && (code === VirErr.INTERNAL_ERROR || code === VirErr.AGENT_COMMAND_FAILED)) {
     const mapped = agentCommandError(command, { class: "GenericError", desc: wrapped[1] }, target);
     return new QuiesceError(mapped.code, mapped.message, { ...mapped.fields, libvirtCode: code }, { cause: err });
   }

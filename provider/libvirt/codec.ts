@@ -286,6 +286,22 @@ export function readDomain(r: XdrReader): DomainRef {
   return { name: r.string(), uuid: r.fixedOpaque(UUID_BYTES), id: r.int() };
 }
 
+/** virErrorNumber values pulumi-quiesce tells apart (libvirt's include/libvirt/virterror.h). */
+export const VirErr = {
+  INTERNAL_ERROR: 1,
+  NO_DOMAIN: 42,
+  AUTH_FAILED: 45,
+  OPERATION_INVALID: 55,
+  /** "Timed out during operation: cannot acquire state change lock": a domain's job stayed busy. */
+  OPERATION_TIMEOUT: 68,
+  ARGUMENT_UNSUPPORTED: 74,
+  AUTH_CANCELLED: 79,
+  AGENT_UNRESPONSIVE: 86,
+  AUTH_UNAVAILABLE: 94,
+  AGENT_COMMAND_TIMEOUT: 112,
+  AGENT_COMMAND_FAILED: 113,
+} as const;
+
 /** `remote_error`: what a failed call returns. */
 export interface RemoteError {
   /** virErrorNumber, e.g. 42 (VIR_ERR_NO_DOMAIN), 86 (VIR_ERR_AGENT_UNRESPONSIVE). */

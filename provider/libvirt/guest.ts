@@ -8,7 +8,7 @@
 import { QuiesceError, isQuiesceError } from "../errors";
 import { dialerFor } from "../transport/index";
 import { defaultSshPool, sshLabel, type SshConnectionConfig, type SshPool } from "../transport/ssh";
-import { parseUuid, type DomainRef, type TypedParamValue } from "./codec";
+import { parseUuid, VirErr, type DomainRef, type TypedParamValue } from "./codec";
 import {
   AuthType,
   authList,
@@ -69,24 +69,12 @@ export interface LibvirtFilesystem {
   readonly disks: readonly { readonly alias?: string; readonly serial?: string; readonly device?: string }[];
 }
 
-/** virErrorNumber values this module tells apart. */
-const VIR_ERR = {
-  NO_DOMAIN: 42,
-  AUTH_FAILED: 45,
-  OPERATION_INVALID: 55,
-  ARGUMENT_UNSUPPORTED: 74,
-  AUTH_CANCELLED: 79,
-  AGENT_UNRESPONSIVE: 86,
-  AUTH_UNAVAILABLE: 94,
-  AGENT_COMMAND_TIMEOUT: 112,
-} as const;
-const AUTH_ERRORS: readonly number[] = [VIR_ERR.AUTH_FAILED, VIR_ERR.AUTH_CANCELLED, VIR_ERR.AUTH_UNAVAILABLE];
+const AUTH_ERRORS: readonly number[] = [VirErr.AUTH_FAILED, VirErr.AUTH_CANCELLED, VirErr.AUTH_UNAVAILABLE];
 
 /** Label of a libvirt target for messages: `root@hv1:22:libvirt:vm1`, `local:libvirt:vm1`. */
 export function libvirtLabel(target: Pick<LibvirtTarget, "connection" | "domain">): string {
   return `${target.connection ? sshLabel(target.connection) : "local"}:libvirt:${target.domain}`;
 }
-const label = libvirtLabel;
 
 /** The `socket` parameter of a libvirt URI (`qemu:///system?socket=/run/x/libvirt-sock`), if it has one. */
 export function uriSocket(uri: string): string | undefined {
@@ -142,7 +130,7 @@ export interface LibvirtOpenOptions {
  * @throws QuiesceError LIBVIRT_UNAVAILABLE, LIBVIRT_AUTH, and transport errors.
  */
 export async function connectLibvirt(target: LibvirtTarget, options: LibvirtOpenOptions = {}): Promise<LibvirtConnection> {
-  const where = label(target);
+  const where = libvirtLabel(target);
   const call: CallOptions = { signal: options.signal, timeoutMs: options.timeoutMs };
   const { session: s, socketPath } = options.over
     ? { session: new LibvirtSession(options.over.stream, { target: options.over.target }), socketPath: options.over.socketPath }
@@ -180,20 +168,18 @@ export async function findDomain(conn: LibvirtConnection, target: LibvirtTarget,
   const s = conn.session;
   const where = conn.label;
   const uuid = parseUuid(target.domain);
-  {
-    try {
-      return uuid ? await lookupDomainByUuid(s, uuid, call) : await lookupDomainByName(s, target.domain, call);
-    } catch (err) {
-      if (!isQuiesceError(err, "LIBVIRT_ERROR") || err.fields.libvirtCode !== VIR_ERR.NO_DOMAIN) throw err;
-      const running = await listRunningDomains(s, call);
-      throw new QuiesceError(
-        "UNKNOWN_DOMAIN",
-        `${where}: libvirt (${target.libvirtUri ?? DEFAULT_LIBVIRT_URI}) has no domain ${JSON.stringify(target.domain)}. ` +
-          `Running domains: ${running.length ? running.join(", ") : "none"}. Give one of them by name or UUID. Nothing was frozen.`,
-        { target: where, domain: target.domain, running },
-        { cause: err },
-      );
-    }
+  try {
+    return uuid ? await lookupDomainByUuid(s, uuid, call) : await lookupDomainByName(s, target.domain, call);
+  } catch (err) {
+    if (!isQuiesceError(err, "LIBVIRT_ERROR") || err.fields.libvirtCode !== VirErr.NO_DOMAIN) throw err;
+    const running = await listRunningDomains(s, call);
+    throw new QuiesceError(
+      "UNKNOWN_DOMAIN",
+      `${where}: libvirt (${target.libvirtUri ?? DEFAULT_LIBVIRT_URI}) has no domain ${JSON.stringify(target.domain)}. ` +
+        `Running domains: ${running.length ? running.join(", ") : "none"}. Give one of them by name or UUID. Nothing was frozen.`,
+      { target: where, domain: target.domain, running },
+      { cause: err },
+    );
   }
 }
 
@@ -240,7 +226,7 @@ async function agentAnswers(s: LibvirtSession, domain: DomainRef, where: string,
     await domainAgentCommand(s, domain, '{"execute":"guest-ping"}', 5, call);
   } catch (err) {
     const code = isQuiesceError(err, "LIBVIRT_ERROR") ? err.fields.libvirtCode : undefined;
-    if (code === VIR_ERR.OPERATION_INVALID && /not running/i.test((err as Error).message)) {
+    if (code === VirErr.OPERATION_INVALID && /not running/i.test((err as Error).message)) {
       // A paused (or shutting down) domain: it has an id, but its agent cannot answer.
       throw new QuiesceError(
         "DOMAIN_NOT_RUNNING",
@@ -250,7 +236,7 @@ async function agentAnswers(s: LibvirtSession, domain: DomainRef, where: string,
       );
     }
     // 74: "QEMU guest agent is not configured" (no channel); 86: not connected or not answering; 112: timed out.
-    const agentCodes: readonly unknown[] = [VIR_ERR.ARGUMENT_UNSUPPORTED, VIR_ERR.AGENT_UNRESPONSIVE, VIR_ERR.AGENT_COMMAND_TIMEOUT, VIR_ERR.OPERATION_INVALID];
+    const agentCodes: readonly unknown[] = [VirErr.ARGUMENT_UNSUPPORTED, VirErr.AGENT_UNRESPONSIVE, VirErr.AGENT_COMMAND_TIMEOUT, VirErr.OPERATION_INVALID];
     if (!agentCodes.includes(code)) throw err;
     throw new QuiesceError(
       "NO_GUEST_AGENT",

@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import * as path from "node:path";
 import type { CreateWindowRequest } from "../../provider/quiesce/lifecycle";
+import type { CreateGroupRequest } from "../../provider/quiesce/group";
 
 const repoRoot = path.resolve(__dirname, "../..");
 const script = `
@@ -84,4 +85,19 @@ export async function raceForOneWinner(target: CreateWindowRequest["target"]): P
   // The whole result is compared so a failure shows the loser's message, not only its code.
   for (const loser of results.filter((r) => !r.ok)) expect(loser).toMatchObject({ code: "ALREADY_FROZEN", message: expect.stringContaining(winner) });
   return winner;
+}
+
+/** Starts a process that creates a group and stays alive holding it; resolves with the members' window ids. */
+export async function spawnGroupCreator(request: Omit<CreateGroupRequest, "signal">): Promise<{ child: ChildProcess; windowIds: string[] }> {
+  const groupScript = `
+    const { createGroup } = require("./dist/provider/quiesce/group");
+    createGroup(JSON.parse(process.argv[1])).then(
+      (g) => console.log(JSON.stringify(g.members.map((m) => m.windowId))),
+      (e) => { console.error(e); process.exit(1); });`;
+  const child = spawn(process.execPath, ["-e", groupScript, JSON.stringify(request)], { cwd: repoRoot, stdio: ["ignore", "pipe", "inherit"] });
+  const windowIds = await new Promise<string[]>((resolve, reject) => {
+    child.stdout?.once("data", (d: Buffer) => resolve(JSON.parse(d.toString()) as string[]));
+    child.once("exit", (code) => reject(new Error(`the group process exited ${code} before freezing`)));
+  });
+  return { child, windowIds };
 }

@@ -5,16 +5,15 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { spawn } from "node:child_process";
 import { createGroup, groupStatus, releaseGroup, type GroupMember } from "../../provider/quiesce/group";
 import { claimFiles, endedPath, removeLeaseDir } from "./daemonFiles";
+import { spawnGroupCreator } from "./creatorProcess";
 import { failure } from "./failure";
 import { waitForFile } from "./waitForFile";
 import { FakeAgent, type FakeAgentOptions } from "./fakeAgent";
 
 let agents: FakeAgent[] = [];
 let leaseDir: string;
-const repoRoot = path.resolve(__dirname, "../..");
 
 async function start(...options: FakeAgentOptions[]): Promise<GroupMember[]> {
   agents = await Promise.all(options.map((o) => FakeAgent.start(o)));
@@ -95,16 +94,7 @@ test("duplicate member names and an empty group are refused before anything is t
 
 test("the process holding a group is SIGKILLed: every member is thawed within 2 s", async () => {
   const members = await start({}, {}, {});
-  const script = `
-    const { createGroup } = require("./dist/provider/quiesce/group");
-    createGroup(JSON.parse(process.argv[1])).then(
-      (g) => console.log(JSON.stringify(g.members.map((m) => m.windowId))),
-      (e) => { console.error(e); process.exit(1); });`;
-  const child = spawn(process.execPath, ["-e", script, JSON.stringify({ members })], { cwd: repoRoot, stdio: ["ignore", "pipe", "inherit"] });
-  const ids = await new Promise<string[]>((resolve, reject) => {
-    child.stdout.once("data", (d: Buffer) => resolve(JSON.parse(d.toString()) as string[]));
-    child.once("exit", (code) => reject(new Error(`the group process exited ${code} before freezing`)));
-  });
+  const { child, windowIds: ids } = await spawnGroupCreator({ members });
   expect(frozenAgents()).toEqual([0, 1, 2]);
   const killedAt = Date.now();
   child.kill("SIGKILL");

@@ -7,11 +7,11 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { spawn } from "node:child_process";
 import { createGroup, releaseGroup, type GroupMember } from "../../provider/quiesce/group";
 import { windowStatus, type AgentTarget } from "../../provider/quiesce/lifecycle";
 import { SshPool, type SshConnectionConfig } from "../../provider/transport/ssh";
 import { failure } from "../fake/failure";
+import { spawnGroupCreator } from "../fake/creatorProcess";
 import { claimFiles, endedPath } from "../fake/daemonFiles";
 import { waitForFile } from "../fake/waitForFile";
 import { agentStatusAt } from "./agentStatus";
@@ -129,16 +129,7 @@ test("one member's freeze fails after the others froze (fault injected after its
 
 test("the process holding the group is SIGKILLed: every member is thawed within 2 s", async () => {
   const m = members();
-  const script = `
-    const { createGroup } = require("./dist/provider/quiesce/group");
-    createGroup(JSON.parse(process.argv[1])).then(
-      (g) => console.log(JSON.stringify(g.members.map((m) => m.windowId))),
-      (e) => { console.error(e); process.exit(1); });`;
-  const child = spawn(process.execPath, ["-e", script, JSON.stringify({ members: m })], { cwd: repoRoot, stdio: ["ignore", "pipe", "inherit"] });
-  const ids = await new Promise<string[]>((resolve, reject) => {
-    child.stdout.once("data", (d: Buffer) => resolve(JSON.parse(d.toString()) as string[]));
-    child.once("exit", (code) => reject(new Error(`the group process exited ${code} before freezing`)));
-  });
+  const { child, windowIds: ids } = await spawnGroupCreator({ members: m });
   expect(await virshStatus()).toBe("frozen");
   const killedAt = Date.now();
   child.kill("SIGKILL");

@@ -8,7 +8,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { createWindow, listFilesystems, releaseWindow, windowStatus, type DomainTarget } from "../../provider/quiesce/lifecycle";
+import { createWindow, forceThaw, listFilesystems, releaseWindow, windowStatus, type DomainTarget } from "../../provider/quiesce/lifecycle";
 import { SshPool, type SshConnectionConfig } from "../../provider/transport/ssh";
 import { failure } from "../fake/failure";
 import { claimFiles, endedPath } from "../fake/daemonFiles";
@@ -167,7 +167,9 @@ describe("the lifecycle through libvirt, over the pooled SSH connection", () => 
     expect(await virshStatus()).toBe("frozen");
     expect(claimFiles(t.leaseDir as string)).toEqual([]);
     expect((await windowStatus(t, {}, { pool })).state).toBe("frozen-outside");
-    await lab.virsh(["domfsthaw", lab.domain]);
+    // The break-glass thaw (quiesce thaw --force) thaws it through libvirt.
+    expect((await forceThaw(t, {}, { pool })).thawedCount).toBe(1);
+    expect(await virshStatus()).toBe("thawed");
   });
 
   test("freezes do not nest: a second window is refused naming the first's owner; a thaw made outside shows as thawed-outside", async () => {
